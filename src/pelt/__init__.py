@@ -1,0 +1,51 @@
+"""pelt: parameter-efficient language-model tuning.
+
+    model = AutoModelForSequenceClassification.from_pretrained(...)
+    pelt.apply_method(model, pelt.HadamardConfig(top_k=8))
+    print(pelt.parameter_report(model).table())
+    ... train ...
+    pelt.save_adapter(model, "out/adapter")
+    pelt.load_adapter(fresh_model, "out/adapter")
+"""
+
+__version__ = "0.1.0"
+
+from pelt.core import (  # noqa: E402
+    ParameterReport,
+    apply_method,
+    load_adapter,
+    merge,
+    parameter_report,
+    read_adapter_config,
+    save_adapter,
+    set_trainable,
+    unmerge,
+)
+from pelt.errors import PeltError  # noqa: E402
+from pelt.methods import (  # noqa: E402
+    FullConfig,
+    HadamardConfig,
+    MethodConfig,
+    get_method,
+    list_methods,
+    make_config,
+)
+
+__all__ = [
+    "FullConfig",
+    "HadamardConfig",
+    "MethodConfig",
+    "ParameterReport",
+    "PeltError",
+    "apply_method",
+    "get_method",
+    "list_methods",
+    "load_adapter",
+    "make_config",
+    "merge",
+    "parameter_report",
+    "read_adapter_config",
+    "save_adapter",
+    "set_trainable",
+    "unmerge",
+]

@@ -1,0 +1,223 @@
+"""`pelt` command line: argument parsing only; every command calls the public Python API.
+
+Each method's options become flags automatically from its config dataclass, so `pelt train --method hadamard
+--help` lists the Hadamard options and a new method needs no CLI code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+from typing import Any, Sequence
+
+from pelt.errors import PeltError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parse_int_list(text: str) -> list[int]:
+    """'8,9,10' or '4-11' or '0,2,6-11' -> a sorted list of layer indices."""
+    values: set[int] = set()
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-", 1)
+                values.update(range(int(lo), int(hi) + 1))
+            else:
+                values.add(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of integers like 8,9,10 or 4-11") from None
+    return sorted(values)
+
+
+def _add_method_options(parser: argparse.ArgumentParser, config_class: type) -> list[str]:
+    """One flag per config field; returns the field names."""
+    hints = typing.get_type_hints(config_class)
+    group = parser.add_argument_group(f"options of method '{config_class.method}'")
+    names = []
+    for f in dataclasses.fields(config_class):
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(a for a in args if a is not type(None))
+            args = typing.get_args(kind)
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        default = None if f.default is dataclasses.MISSING else f.default
+        if kind is bool:
+            group.add_argument(flag, dest=f"m_{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                               help=f"{help_text} (default: {default})")
+        elif typing.get_origin(kind) is list:
+            group.add_argument(flag, dest=f"m_{f.name}", type=_parse_int_list, default=None,
+                               help=f"{help_text} (e.g. 8,9,10,11 or 8-11)")
+        elif typing.get_origin(kind) is typing.Literal:
+            group.add_argument(flag, dest=f"m_{f.name}", choices=list(args), default=None,
+                               help=f"{help_text} (default: {default})")
+        else:
+            group.add_argument(flag, dest=f"m_{f.name}", type=kind, default=None,
+                               help=f"{help_text} (default: {default})")
+        names.append(f.name)
+    return names
+
+
+def _method_config(args: argparse.Namespace, method_name: str) -> Any:
+    from pelt.methods import get_method
+
+    config_class = get_method(method_name).config_class
+    options = {f.name: getattr(args, f"m_{f.name}") for f in dataclasses.fields(config_class)
+               if getattr(args, f"m_{f.name}", None) is not None}
+    return config_class.from_dict(options)
+
+
+def _common_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="local folder or hub name of the base model (default: the bundled all-MiniLM-L6-v2)")
+
+
+def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
+    from pelt.methods import get_method, list_methods
+
+    parser = argparse.ArgumentParser(prog="pelt", description="parameter-efficient language-model tuning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune a model with a method on a task")
+    _common_model_args(train)
+    train.add_argument("--method", default="hadamard", help=f"one of {', '.join(list_methods())} (default: hadamard)")
+    train.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli")
+    train.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"),
+                       help="glue_data-style folder (holding SST-2/ ...) or a task folder; default $PELT_DATA_DIR, "
+                            "else the hub (nyu-mll/glue)")
+    train.add_argument("--output-dir", required=True, help="where the adapter, checkpoints and results.json go")
+    train.add_argument("--epochs", type=float, default=3.0)
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--eval-batch-size", type=int, default=64)
+    train.add_argument("--max-length", type=int, default=128)
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--warmup-ratio", type=float, default=0.06)
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--max-train-samples", type=int, default=None, help="seeded subsample of the train set")
+    train.add_argument("--max-eval-samples", type=int, default=None)
+    train.add_argument("--recipe", choices=["auto", "two-stage", "joint"], default="auto",
+                       help="two-stage: head alone first, then the method (default for hadamard)")
+    train.add_argument("--head-epochs", type=float, default=1.0, help="epochs of stage (a), the head alone")
+    train.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of stage (a)")
+    train.add_argument("--train-pooler", action="store_true",
+                       help="train BERT's pooler as part of the task head (for checkpoints whose pooler was never "
+                            "trained, such as sentence-embedding models like the bundled MiniLM)")
+    if method_name:
+        _add_method_options(train, get_method(method_name).config_class)
+
+    ev = sub.add_parser("eval", help="evaluate a saved adapter on a task")
+    ev.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    _common_model_args(ev)
+    ev.add_argument("--task", default=None, help="default: the task the adapter was trained on")
+    ev.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
+    ev.add_argument("--split", action="append", default=None, help="split(s) to evaluate (default: the task's dev)")
+    ev.add_argument("--max-length", type=int, default=128)
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    params = sub.add_parser("params", help="trainable-parameter table for a model configuration and method")
+    params.add_argument("--model", default=None,
+                        help="known size (bert-base-uncased, t5-base, ...), a config.json or model folder, or a hub name")
+    params.add_argument("--method", default="hadamard")
+    params.add_argument("--num-labels", type=int, default=2, help="classes of the task head (encoders)")
+    params.add_argument("--json", action="store_true")
+    if method_name:
+        _add_method_options(params, get_method(method_name).config_class)
+
+    sub.add_parser("methods", help="list the available methods")
+    return parser
+
+
+def _method_from_argv(argv: Sequence[str]) -> str | None:
+    """The --method value, read before the full parse so that method-specific flags can be added."""
+    if not argv or argv[0] not in ("train", "params"):
+        return None
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="hadamard")
+    known, _ = pre.parse_known_args(argv[1:])
+    return known.method
+
+
+def _train(args: argparse.Namespace) -> None:
+    from pelt.pipeline import finetune
+    from pelt.train import TrainConfig
+
+    method = _method_config(args, args.method)
+    config = TrainConfig(
+        output_dir=args.output_dir, epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size, max_length=args.max_length, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, seed=args.seed, recipe=args.recipe, head_epochs=args.head_epochs,
+        head_learning_rate=args.head_lr, max_eval_samples=args.max_eval_samples,
+    )
+
+    def show(report: Any) -> None:
+        print(f"trainable parameters ({report.method}):\n{report.table()}\n", flush=True)
+
+    try:
+        results = finetune(args.task, method, config, model=args.model, data_dir=args.data_dir,
+                           max_train_samples=args.max_train_samples, train_pooler=args.train_pooler,
+                           on_start=show)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the last completed checkpoint (if any) is in {args.output_dir}", file=sys.stderr)
+        raise
+    print(f"\n{results['task']} · {results['method']} · best checkpoint {results['best_checkpoint']}")
+    for split, metrics in results["metrics"].items():
+        print(f"  {split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    print(f"  trained {results['parameters']['method_total']:,} method params "
+          f"({results['parameters']['method_percent']:.4f}% of base) + {results['parameters']['head']:,} head; "
+          f"{results['train_seconds']:.0f} s, {results['ms_per_step']} ms/step, peak {results['peak_memory_mb']} MB")
+    print(f"  adapter: {args.output_dir}/adapter   results: {args.output_dir}/results.json")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from pelt.pipeline import evaluate_adapter
+
+    metrics = evaluate_adapter(args.adapter, task=args.task, data_dir=args.data_dir, model=args.model,
+                               splits=args.split, max_length=args.max_length, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return
+    for split, values in metrics.items():
+        print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+
+def _params(args: argparse.Namespace) -> None:
+    from pelt.pipeline import count_parameters_for
+
+    report = count_parameters_for(args.model, _method_config(args, args.method), num_labels=args.num_labels)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.table())
+
+
+def _methods(_: argparse.Namespace) -> None:
+    from pelt.methods import METHODS
+
+    for name in sorted(METHODS):
+        print(f"{name:<12} {METHODS[name].description}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        parser = _build_parser(_method_from_argv(argv))
+        args = parser.parse_args(argv)
+        {"train": _train, "eval": _eval, "params": _params, "methods": _methods}[args.command](args)
+    except PeltError as e:
+        print(f"pelt: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""The public operations every method shares: apply, report, save/load, merge.
+
+`apply_method` records what it did in `model.pelt_state`; everything else reads that record, so the trainable
+set saved to disk is the one the method declared, not whatever happens to have requires_grad at save time
+(the two-stage recipe toggles those flags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pelt import __version__
+from pelt.arch import base_model, get_arch, head_module_names, is_layer_norm, iter_layers, pooler_path
+from pelt.errors import PeltError
+from pelt.methods import MethodConfig, get_method
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+@dataclass
+class PeltState:
+    """What apply_method did to a model."""
+
+    config: MethodConfig
+    added: list[str]  # parameters the method created
+    unfrozen: list[str]  # existing base parameters it trains (LayerNorms, biases, all weights for full FT)
+    head: list[str]  # task-head parameters (trained, reported apart)
+    base_param_count: int
+    train_pooler: bool = False
+    merged: bool = False
+
+    @property
+    def trainable(self) -> list[str]:
+        return sorted(set(self.added) | set(self.unfrozen) | set(self.head))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _state(model: nn.Module) -> PeltState:
+    state = getattr(model, "pelt_state", None)
+    if state is None:
+        raise PeltError("this model has no pelt method applied; call pelt.apply_method(model, config) first")
+    return state
+
+
+def head_parameter_names(model: nn.Module, *, train_pooler: bool = False) -> list[str]:
+    modules = head_module_names(model)
+    if train_pooler:
+        pooler = pooler_path(model)
+        if pooler is None:
+            raise PeltError(f"train_pooler: this {type(model).__name__} has no pooler; leave the option off")
+        modules.append(pooler)
+    return [f"{m}.{n}" for m in modules for n, _ in model.get_submodule(m).named_parameters()]
+
+
+def apply_method(
+    model: nn.Module, config: MethodConfig, *, train_head: bool = True, train_pooler: bool = False
+) -> nn.Module:
+    """Inject a method into a transformers model and freeze everything it does not train.
+
+    The task head (a classifier outside the backbone) is trained too unless `train_head=False`. With
+    `train_pooler`, BERT's pooler counts as part of the head: RoBERTa/ELECTRA/DeBERTa heads train the same
+    dense layer from scratch, and checkpoints tuned without it (sentence-embedding models) leave it untrained.
+    """
+    if getattr(model, "pelt_state", None) is not None:
+        raise PeltError("a pelt method is already applied to this model; start again from a fresh base model")
+    arch = get_arch(model)
+    method = get_method(config.method)
+    base_count = count_parameters(base_model(model))
+    head = head_parameter_names(model, train_pooler=train_pooler) if train_head else []
+    for p in model.parameters():
+        p.requires_grad_(False)
+    injection = method.inject(model, config, arch)
+    state = PeltState(config, injection.added, injection.unfrozen, head, base_count, train_pooler)
+    names = dict(model.named_parameters())
+    missing = [n for n in state.trainable if n not in names]
+    if missing:  # a method bug, not bad input
+        raise RuntimeError(f"method '{method.name}' declared parameters that do not exist: {missing[:3]}")
+    for name in state.trainable:
+        names[name].requires_grad_(True)
+    model.pelt_state = state
+    return model
+
+
+def set_trainable(model: nn.Module, *, method: bool = True, head: bool = True) -> None:
+    """Switch the method's parameters and the head on or off (the two-stage recipe trains the head first)."""
+    state = _state(model)
+    on = set(state.added) | set(state.unfrozen) if method else set()
+    if head:
+        on |= set(state.head)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in on)
+
+
+# ---- parameter report ----------------------------------------------------------------------------------------
+
+GROUPS = ("method", "layernorm", "bias", "other", "head")
+
+
+@dataclass
+class ParameterReport:
+    """Trained parameters by group, as the papers count them (percent of the base model's own parameters)."""
+
+    method: str
+    base_params: int
+    groups: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def method_total(self) -> int:
+        """What the papers report: the method's weights plus the LayerNorms and biases it unfreezes."""
+        return sum(v for k, v in self.groups.items() if k != "head")
+
+    def percent(self, count: int) -> float:
+        return 100.0 * count / self.base_params
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "base_params": self.base_params,
+            "groups": dict(self.groups),
+            "method_total": self.method_total,
+            "method_percent": self.percent(self.method_total),
+            "head": self.groups.get("head", 0),
+        }
+
+    def table(self) -> str:
+        labels = {
+            "method": "method weights",
+            "layernorm": "LayerNorms",
+            "bias": "biases",
+            "other": "other base weights",
+            "head": "task head",
+        }
+        rows = [(labels[g], self.groups[g]) for g in GROUPS if self.groups.get(g)]
+        rows.append((f"total ({self.method}, without head)", self.method_total))
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{'group':<{width}}  {'params':>12}  {'% of base':>10}"]
+        for label, count in rows:
+            lines.append(f"{label:<{width}}  {count:>12,}  {self.percent(count):>9.4f}%")
+        lines.append(f"{'base model':<{width}}  {self.base_params:>12,}")
+        return "\n".join(lines)
+
+
+def parameter_report(model: nn.Module) -> ParameterReport:
+    state = _state(model)
+    modules = dict(model.named_modules())
+    added, head = set(state.added), set(state.head)
+    groups = {g: 0 for g in GROUPS}
+    for name, p in model.named_parameters():
+        if name not in head and name not in added and name not in state.unfrozen:
+            continue
+        if name in head:
+            group = "head"
+        elif name in added:
+            group = "method"
+        elif is_layer_norm(modules[name.rpartition(".")[0]]):
+            group = "layernorm"
+        elif name.endswith("bias"):
+            group = "bias"
+        else:
+            group = "other"
+        groups[group] += p.numel()
+    return ParameterReport(state.config.method, state.base_param_count, groups)
+
+
+# ---- merge ---------------------------------------------------------------------------------------------------
+
+
+def merge(model: nn.Module) -> None:
+    """Fold the method into the base weights: same outputs, no extra inference cost. Reversible by unmerge."""
+    state = _state(model)
+    get_method(state.config.method).merge(model)
+    state.merged = True
+
+
+def unmerge(model: nn.Module) -> None:
+    state = _state(model)
+    get_method(state.config.method).unmerge(model)
+    state.merged = False
+
+
+# ---- save / load ---------------------------------------------------------------------------------------------
+
+
+def model_signature(model: nn.Module) -> dict[str, Any]:
+    """What an adapter records of its base model, to refuse loading into a different one."""
+    config = model.config
+    state = getattr(model, "pelt_state", None)
+    base_params = state.base_param_count if state else count_parameters(base_model(model))
+    return {
+        "model_type": config.model_type,
+        "name_or_path": getattr(config, "_name_or_path", "") or "",
+        "model_class": type(model).__name__,
+        "hidden_size": getattr(config, "hidden_size", getattr(config, "d_model", None)),
+        "num_layers": sum(1 for _ in iter_layers(model)),
+        "num_labels": getattr(config, "num_labels", None),
+        "base_params": base_params,
+    }
+
+
+def _write_atomically(target: Path, write: Any) -> None:
+    """Write a folder next to `target`, then swap it in, so an interrupted save never damages what exists."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(staging)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
+    """Save only what was trained (method weights, unfrozen base weights, task head) and the method config."""
+    state = _state(model)
+    if state.merged:
+        raise PeltError("the method is merged into the base weights; call pelt.unmerge(model) before saving")
+    params = dict(model.named_parameters())
+    tensors = {name: params[name].detach().to("cpu").contiguous().clone() for name in state.trainable}
+    config = {
+        "pelt_version": __version__,
+        "method": state.config.method,
+        "method_config": state.config.to_dict(),
+        "base_model": model_signature(model),
+        "train_pooler": state.train_pooler,
+        "trainable_parameters": sum(t.numel() for t in tensors.values()),
+        **(metadata or {}),
+    }
+    target = Path(path)
+
+    def write(folder: Path) -> None:
+        save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "method": state.config.method})
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    _write_atomically(target, write)
+    return target
+
+
+def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
+    folder = Path(path)
+    file = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise PeltError(f"adapter folder {folder} does not exist; pass the folder that holds {CONFIG_NAME}")
+    if not file.is_file():
+        raise PeltError(f"{folder} has no {CONFIG_NAME}; is it a pelt adapter folder?")
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise PeltError(f"{file} is not valid JSON ({e.msg} at line {e.lineno}); the adapter is damaged") from None
+    if "method_config" not in config or "base_model" not in config:
+        raise PeltError(f"{file} is not a pelt adapter config (no method_config/base_model)")
+    return config
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Apply a saved adapter's method to a fresh base model and load its trained weights."""
+    config = read_adapter_config(path)
+    expected, actual = config["base_model"], model_signature(model)
+    keys = ("model_type", "hidden_size", "num_layers", "base_params")
+    if any(expected.get(k) != actual.get(k) for k in keys):
+        describe = lambda s: f"{s['model_type']} (hidden {s['hidden_size']}, {s['num_layers']} layers, {s['base_params']:,} params)"  # noqa: E731
+        raise PeltError(
+            f"adapter {path} was trained on {expected.get('name_or_path') or '?'}: {describe(expected)}, "
+            f"but this model is {describe(actual)}; load it into the model it was trained on"
+        )
+    method_config = get_method(config["method"]).config_class.from_dict(config["method_config"])
+    weights_file = Path(path) / WEIGHTS_NAME
+    if not weights_file.is_file():
+        raise PeltError(f"{Path(path)} has no {WEIGHTS_NAME}; the adapter is incomplete")
+    try:
+        tensors = load_file(str(weights_file))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise PeltError(f"cannot read {weights_file}: {e}; the adapter file is damaged") from None
+    apply_method(model, method_config, train_head=bool(head_module_names(model)),
+                 train_pooler=bool(config.get("train_pooler", False)))
+    _load_trained(model, tensors, source=str(weights_file))
+    return model
+
+
+def _load_trained(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+    state = _state(model)
+    params = dict(model.named_parameters())
+    expected = set(state.trainable)
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise PeltError(
+            f"{source} does not match this model: missing {missing[:3]}, unexpected {unexpected[:3]}; "
+            "was it saved for another model class or task head?"
+        )
+    for name, tensor in tensors.items():
+        if params[name].shape != tensor.shape:
+            raise PeltError(
+                f"{source}: {name} has shape {tuple(tensor.shape)} but the model expects "
+                f"{tuple(params[name].shape)} (a head for a different number of labels?)"
+            )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+
+
+def load_trained_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Reload weights saved from this same adapted model (e.g. the best checkpoint at the end of training)."""
+    _load_trained(model, load_file(str(Path(path) / WEIGHTS_NAME)), source=str(path))

@@ -1,0 +1,29 @@
+"""Every method module registers itself on import; importing this package fills the registry."""
+
+from pelt.methods import full, hadamard  # noqa: F401  (registration side effect)
+from pelt.methods.base import (
+    METHODS,
+    Injection,
+    Method,
+    MethodConfig,
+    get_method,
+    list_methods,
+    make_config,
+    register_method,
+)
+from pelt.methods.full import FullConfig
+from pelt.methods.hadamard import HadamardConfig, HadamardLinear
+
+__all__ = [
+    "METHODS",
+    "FullConfig",
+    "HadamardConfig",
+    "HadamardLinear",
+    "Injection",
+    "Method",
+    "MethodConfig",
+    "get_method",
+    "list_methods",
+    "make_config",
+    "register_method",
+]

@@ -1,0 +1,26 @@
+"""Full fine-tuning as a method, so every comparison table has its reference row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from pelt.arch import ArchSpec
+from pelt.methods.base import Injection, Method, MethodConfig, register_method
+
+
+@dataclass
+class FullConfig(MethodConfig):
+    method = "full"
+
+
+@register_method
+class FullFineTuning(Method):
+    name = "full"
+    config_class = FullConfig
+    default_learning_rate = 5e-5
+    description = "every parameter of the model is trained (the reference)"
+
+    def inject(self, model: nn.Module, config: MethodConfig, arch: ArchSpec) -> Injection:
+        return Injection(unfrozen=[name for name, _ in model.named_parameters()])

@@ -1,0 +1,142 @@
+"""Hadamard adapter (Chen et al., CIKM 2023): `A' = W ⊙ A + b` on each layer's self-attention output.
+
+`W, b ∈ R^d` per layer, initialised to 1 and 0 so the adapted model starts equal to the base model. Trained with
+the LayerNorm of the attention sublayer (and the task head), after a first stage that trains the head alone.
+The map is element-wise linear, so it folds exactly into the attention output projection W_o.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pelt.arch import ArchSpec
+from pelt.errors import PeltError
+from pelt.methods.base import (
+    Injection,
+    LayerSelection,
+    Method,
+    MethodConfig,
+    modules_of_type,
+    option,
+    register_method,
+    replace_module,
+)
+
+PLACEMENTS = ("output", "input")
+
+
+@dataclass
+class HadamardConfig(MethodConfig, LayerSelection):
+    method = "hadamard"
+    placement: Literal["output", "input"] = option(
+        "output",
+        "where W ⊙ A + b acts: 'output' = after the attention output projection W_o (before the residual add "
+        "and LayerNorm), 'input' = on the concatenated heads before W_o",
+        choices=PLACEMENTS,
+    )
+    train_layernorm: bool = option(True, "also train the LayerNorm of each adapted attention sublayer")
+
+    def validate(self) -> None:
+        self.validate_layers()
+        if self.placement not in PLACEMENTS:
+            raise PeltError(f"placement must be one of {', '.join(PLACEMENTS)}, got '{self.placement}'")
+
+
+class HadamardLinear(nn.Module):
+    """Wraps a sublayer's output projection and applies the element-wise map before or after it."""
+
+    def __init__(self, base_layer: nn.Linear, placement: str) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.placement = placement
+        size = base_layer.out_features if placement == "output" else base_layer.in_features
+        factory = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
+        self.hadamard_weight = nn.Parameter(torch.ones(size, **factory))
+        self.hadamard_bias = nn.Parameter(torch.zeros(size, **factory))
+        self.merged = False
+        self._bias_added_by_merge = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base_layer(x)
+        if self.placement == "input":
+            return self.base_layer(x * self.hadamard_weight + self.hadamard_bias)
+        return self.base_layer(x) * self.hadamard_weight + self.hadamard_bias
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        linear, w, b = self.base_layer, self.hadamard_weight, self.hadamard_bias
+        if linear.bias is None:  # T5 projections have no bias: merging b needs one
+            linear.bias = nn.Parameter(torch.zeros_like(linear.weight[:, 0]), requires_grad=False)
+            self._bias_added_by_merge = True
+        if self.placement == "output":
+            # W ⊙ (W_o x + b_o) + b = (diag(W) W_o) x + (W ⊙ b_o + b)
+            linear.weight.mul_(w[:, None])
+            linear.bias.mul_(w).add_(b)
+        else:
+            # W_o (W ⊙ x + b) + b_o = (W_o diag(W)) x + (W_o b + b_o)
+            linear.bias.add_(linear.weight @ b)
+            linear.weight.mul_(w[None, :])
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        linear, w, b = self.base_layer, self.hadamard_weight, self.hadamard_bias
+        if torch.any(w.abs() < 1e-8):
+            raise PeltError(
+                "cannot unmerge: some Hadamard weights are ~0, so the base weights cannot be recovered; "
+                "reload the base model and the adapter instead"
+            )
+        if self.placement == "output":
+            linear.weight.div_(w[:, None])
+            linear.bias.sub_(b).div_(w)
+        else:
+            linear.weight.div_(w[None, :])
+            linear.bias.sub_(linear.weight @ b)
+        if self._bias_added_by_merge:
+            linear.bias = None
+            self._bias_added_by_merge = False
+        self.merged = False
+
+
+@register_method
+class Hadamard(Method):
+    name = "hadamard"
+    config_class = HadamardConfig
+    mergeable = True
+    two_stage = True
+    default_learning_rate = 5e-3
+    description = "element-wise W ⊙ A + b on each self-attention output (Chen et al., 2023)"
+
+    def inject(self, model: nn.Module, config: MethodConfig, arch: ArchSpec) -> Injection:
+        assert isinstance(config, HadamardConfig)
+        injection = Injection()
+        for layer in config.selected_layers(model, arch):
+            path = layer.site("attention_output")
+            target = model.get_submodule(path)
+            if isinstance(target, HadamardLinear):
+                raise PeltError(f"{path} already has a Hadamard adapter; apply the method to a fresh base model")
+            if not isinstance(target, nn.Linear):
+                raise PeltError(f"{path} is a {type(target).__name__}, expected a Linear projection")
+            replace_module(model, path, HadamardLinear(target, config.placement))
+            injection.added += [f"{path}.hadamard_weight", f"{path}.hadamard_bias"]
+            if config.train_layernorm:
+                norm_path = layer.site("attention_norm")
+                injection.unfrozen += [f"{norm_path}.{n}" for n, _ in model.get_submodule(norm_path).named_parameters()]
+        return injection
+
+    def merge(self, model: nn.Module) -> None:
+        for _, module in modules_of_type(model, HadamardLinear):
+            module.merge()
+
+    def unmerge(self, model: nn.Module) -> None:
+        for _, module in modules_of_type(model, HadamardLinear):
+            module.unmerge()

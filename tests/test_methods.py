@@ -1,0 +1,114 @@
+"""One suite over every registered method × every supported family.
+
+A method added to the registry is tested here with no new test code: init equivalence (where it applies),
+gradients only on the declared set, save → load round trip with the head, merge equivalence (if mergeable).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ALL_FAMILIES, loss_of, model_output, perturb_trainable, tiny_inputs, tiny_model
+
+import pelt
+from pelt.arch import head_module_names
+from pelt.core import CONFIG_NAME, WEIGHTS_NAME
+from pelt.methods import METHODS, get_method, make_config
+
+METHOD_NAMES = sorted(METHODS)
+# Methods whose injected modules leave the model unchanged at init (full FT trivially so).
+IDENTITY_AT_INIT = {"hadamard", "full"}
+CASES = [(m, f) for m in METHOD_NAMES for f in ALL_FAMILIES]
+
+
+def adapted(method: str, family: str, seed: int = 0, **options) -> torch.nn.Module:
+    model = tiny_model(family, seed)
+    return pelt.apply_method(model, make_config(method, **options))
+
+
+@pytest.mark.parametrize("method,family", CASES)
+def test_init_equals_base_model_exactly(method: str, family: str) -> None:
+    if method not in IDENTITY_AT_INIT:
+        pytest.skip("method does not start at the identity")
+    inputs = tiny_inputs(family)
+    before = model_output(tiny_model(family), inputs)
+    after = model_output(adapted(method, family), inputs)
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("method,family", CASES)
+def test_gradients_reach_only_the_trainable_set(method: str, family: str) -> None:
+    model = adapted(method, family)
+    perturb_trainable(model)  # away from init, so every trained parameter gets a non-zero gradient
+    model.train()
+    loss_of(model, family, tiny_inputs(family)).backward()
+    trainable = set(model.pelt_state.trainable)
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == trainable
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    nonzero = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert nonzero == trainable
+
+
+@pytest.mark.parametrize("method,family", CASES)
+def test_save_load_round_trip_restores_outputs_and_head(method: str, family: str, tmp_path: Path) -> None:
+    model = adapted(method, family)
+    perturb_trainable(model)
+    inputs = tiny_inputs(family)
+    expected = model_output(model, inputs)
+    pelt.save_adapter(model, tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+    fresh = tiny_model(family)  # same seed: the same base weights, a freshly initialised head
+    assert not torch.equal(model_output(fresh, inputs), expected)
+    pelt.load_adapter(fresh, tmp_path / "adapter")
+    assert torch.equal(model_output(fresh, inputs), expected)
+    for head in head_module_names(fresh):
+        for (name, a), (_, b) in zip(fresh.get_submodule(head).named_parameters(),
+                                     model.get_submodule(head).named_parameters()):
+            assert torch.equal(a, b), f"head parameter {head}.{name} not restored"
+
+
+@pytest.mark.parametrize("method,family", CASES)
+def test_adapter_file_holds_only_what_was_trained(method: str, family: str, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    model = adapted(method, family)
+    pelt.save_adapter(model, tmp_path)
+    saved = load_file(str(tmp_path / WEIGHTS_NAME))
+    assert sorted(saved) == model.pelt_state.trainable
+    report = pelt.parameter_report(model)
+    assert sum(t.numel() for t in saved.values()) == report.method_total + report.groups["head"]
+
+
+MERGEABLE = [(m, f, placement) for m, f in CASES if get_method(m).mergeable for placement in ("output", "input")]
+
+
+@pytest.mark.parametrize("method,family,placement", MERGEABLE)
+def test_merge_matches_unmerged_and_unmerge_restores(method: str, family: str, placement: str) -> None:
+    model = adapted(method, family, placement=placement)
+    perturb_trainable(model)
+    inputs = tiny_inputs(family)
+    base_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    unmerged = model_output(model, inputs)
+
+    pelt.merge(model)
+    merged = model_output(model, inputs)
+    assert (merged - unmerged).abs().max() < 1e-5
+    changed = [n for n, p in model.named_parameters() if n in base_weights and not torch.equal(p, base_weights[n])]
+    assert changed, "merge changed no base weight"
+
+    pelt.unmerge(model)
+    assert set(dict(model.named_parameters())) == set(base_weights)  # a bias added by merge is gone again
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, base_weights[name], atol=1e-6, rtol=1e-5)
+    assert (model_output(model, inputs) - unmerged).abs().max() < 1e-5
+
+
+def test_saving_a_merged_model_is_refused(tmp_path: Path) -> None:
+    model = adapted("hadamard", "bert")
+    pelt.merge(model)
+    with pytest.raises(pelt.PeltError, match="unmerge"):
+        pelt.save_adapter(model, tmp_path)
