@@ -84,7 +84,7 @@ def make_model() -> Callable[..., torch.nn.Module]:
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
     folder = tmp_path_factory.mktemp("tok")
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    return BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
 
 
 def write_sst2(folder: Path, train_rows: list[tuple[str, int]], dev_rows: list[tuple[str, int]]) -> Path:

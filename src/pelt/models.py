@@ -132,8 +132,9 @@ def load_classifier(
         config.id2label = dict(enumerate(label_names))
         config.label2id = {label: i for i, label in enumerate(label_names)}
     config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected: the head is new
+    hf_logging.disable_progress_bar()  # keep stderr to pelt's own lines
     try:
         model = AutoModelForSequenceClassification.from_pretrained(resolved, config=config)
         tokenizer = AutoTokenizer.from_pretrained(resolved)
@@ -141,4 +142,6 @@ def load_classifier(
         raise PeltError(_not_found(resolved, e)) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model, tokenizer

@@ -22,6 +22,7 @@ from transformers import (
     DataCollatorWithPadding,
     EvalPrediction,
     PreTrainedTokenizerBase,
+    PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -246,6 +247,7 @@ def evaluate_classifier(
                              use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=_metrics_fn(task))
+    trainer.remove_callback(PrinterCallback)  # it would print the raw metrics dict to stdout
     results = {}
     for split in data:
         raw = trainer.evaluate(eval_dataset=encoded[split], metric_key_prefix=split)

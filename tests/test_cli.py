@@ -1,0 +1,442 @@
+"""The `pelt` command line, called in-process: output, exit codes, error messages, files written.
+
+Everything runs on the tiny models and data of conftest.py, on CPU, in a few seconds per training run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+)
+
+import pelt  # noqa: E402
+import pelt.core  # noqa: E402
+from conftest import separable_rows, write_sst2  # noqa: E402
+from pelt.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main  # noqa: E402
+
+# Hidden size 32, 3 layers: W and b (32 each) per layer + the attention LayerNorm (2 x 32) per layer.
+TINY_METHOD_TOTAL = 2 * 32 * 3 * 2
+TINY_BASE_PARAMS = 32_064  # the BertModel of conftest.tiny_config("bert"), pooler included
+TINY_HEAD = 32 * 2 + 2
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything written to the working directory lands in tmp_path, never in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop anything printed before
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_bad_input(capsys: pytest.CaptureFixture, argv: list[object], *facts: str) -> str:
+    """rc 2, exactly one stderr line 'pelt: error: ...' that contains every fact, and no traceback."""
+    rc, out, err = run(capsys, *argv)
+    assert "Traceback" not in out + err
+    assert rc == EXIT_BAD_INPUT, (rc, out, err)
+    assert err.endswith("\n"), err
+    lines = err.replace("\r", "\n").splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {err!r}"
+    line = lines[0]
+    assert line.startswith("pelt: error: "), line
+    for fact in facts:
+        assert fact in line, f"{fact!r} not in {line!r}"
+    return line
+
+
+def json_document(out: str) -> dict:
+    """The JSON document a --json command prints: stdout must be exactly that document."""
+    return json.loads(out)
+
+
+def train_args(model: Path, data: Path, output: Path, *extra: object) -> list[object]:
+    return ["train", "--model", model, "--task", "sst2", "--data-dir", data, "--output-dir", output,
+            "--epochs", 1, "--head-epochs", 1, "--batch-size", 8, "--lr", 0.05, "--head-lr", 0.05, *extra]
+
+
+def fresh_tiny_model(model_dir: Path):
+    return AutoModelForSequenceClassification.from_pretrained(model_dir)
+
+
+# ---- pelt params ---------------------------------------------------------------------------------------------
+
+
+def test_params_bert_base_table(capsys):
+    rc, out, err = run(capsys, "params", "--model", "bert-base-uncased", "--method", "hadamard")
+    assert rc == 0, err
+    total = next(line for line in out.splitlines() if line.startswith("total (hadamard"))
+    assert total.split()[-2:] == ["36,864", "0.0337%"]
+    base = next(line for line in out.splitlines() if line.startswith("base model"))
+    assert base.split()[-1] == "109,482,240"
+    # 12 layers x (768 W + 768 b) and 12 attention LayerNorms x (768 + 768); a 768 x 2 + 2 head.
+    assert [line.split()[-2] for line in out.splitlines()[1:4]] == ["18,432", "18,432", "1,538"]
+
+
+def test_params_top_k(capsys):
+    rc, out, err = run(capsys, "params", "--model", "bert-base-uncased", "--method", "hadamard", "--top-k", 8)
+    assert rc == 0, err
+    total = next(line for line in out.splitlines() if line.startswith("total (hadamard"))
+    assert total.split()[-2:] == ["24,576", "0.0224%"]
+    assert "109,482,240" in out
+
+
+def test_params_json(capsys):
+    rc, out, err = run(capsys, "params", "--model", "bert-base-uncased", "--method", "hadamard", "--json")
+    assert rc == 0, err
+    report = json.loads(out)  # nothing but the JSON document on stdout
+    assert report["method"] == "hadamard"
+    assert report["method_total"] == 36_864
+    assert report["base_params"] == 109_482_240
+    assert report["head"] == 1_538
+    assert report["method_percent"] == pytest.approx(100 * 36_864 / 109_482_240)
+
+
+def test_params_t5_base(capsys):
+    rc, out, err = run(capsys, "params", "--model", "t5-base", "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["base_params"] == 222_903_552
+    # 12 encoder + 12 decoder self-attention outputs (768 W + 768 b) and their LayerNorms (768, no bias).
+    assert report["groups"]["method"] == 24 * 2 * 768
+    assert report["groups"]["layernorm"] == 24 * 768
+    assert report["head"] == 0
+
+
+def test_params_from_config_json(capsys, tiny_model_dir):
+    rc, out, err = run(capsys, "params", "--model", tiny_model_dir / "config.json", "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["base_params"] == TINY_BASE_PARAMS
+    assert report["method_total"] == TINY_METHOD_TOTAL
+    assert report["head"] == TINY_HEAD
+
+
+def test_params_full_method_counts_everything(capsys, tiny_model_dir):
+    rc, out, err = run(capsys, "params", "--model", tiny_model_dir, "--method", "full", "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["method"] == "full"
+    assert report["method_total"] == TINY_BASE_PARAMS
+    assert report["method_percent"] == pytest.approx(100.0)
+
+
+def test_methods_lists_hadamard_and_full(capsys):
+    rc, out, err = run(capsys, "methods")
+    assert rc == 0, err
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert names == ["full", "hadamard"]
+    assert "Chen et al." in out
+
+
+# ---- bad input: exit code 2 and one line on stderr -----------------------------------------------------------
+
+
+def test_params_missing_model_path(capsys):
+    assert_bad_input(capsys, ["params", "--model", "/nonexistent/dir"], "/nonexistent/dir")
+
+
+def test_train_missing_model_path(capsys, tiny_glue, tmp_path):
+    assert_bad_input(capsys, train_args(Path("/nonexistent/dir"), tiny_glue, tmp_path / "out"), "/nonexistent/dir")
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
+def test_train_unknown_task(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    argv = train_args(tiny_model_dir, tiny_glue, tmp_path / "out")
+    argv[argv.index("sst2")] = "nosuch"
+    assert_bad_input(capsys, argv, "unknown task 'nosuch'", "sst2")
+
+
+def test_train_missing_data_dir(capsys, tiny_model_dir, tmp_path):
+    missing = tmp_path / "missing"
+    assert_bad_input(capsys, train_args(tiny_model_dir, missing, tmp_path / "out"), str(missing), "does not exist")
+
+
+def test_train_tsv_missing_column(capsys, tiny_model_dir, tmp_path):
+    data = write_sst2(tmp_path / "glue", separable_rows(8), separable_rows(4, seed=1))
+    train_file = data / "SST-2" / "train.tsv"
+    train_file.write_text("text\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in separable_rows(8)))
+    assert_bad_input(capsys, train_args(tiny_model_dir, data, tmp_path / "out"), str(train_file), "'sentence'")
+
+
+def test_train_tsv_unknown_label(capsys, tiny_model_dir, tmp_path):
+    rows = separable_rows(8)
+    rows[1] = (rows[1][0], 7)  # the second example: line 3 of the file, after the header
+    data = write_sst2(tmp_path / "glue", rows, separable_rows(4, seed=1))
+    train_file = data / "SST-2" / "train.tsv"
+    assert_bad_input(capsys, train_args(tiny_model_dir, data, tmp_path / "out"), f"{train_file}:3:", "'7'")
+
+
+def test_unknown_method(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    assert_bad_input(capsys, ["params", "--model", "bert-base-uncased", "--method", "nosuch"],
+                     "unknown method 'nosuch'", "hadamard")
+    assert_bad_input(capsys, train_args(tiny_model_dir, tiny_glue, tmp_path / "out", "--method", "nosuch"),
+                     "unknown method 'nosuch'", "full")
+
+
+def test_impossible_top_k(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    assert_bad_input(capsys, ["params", "--model", "bert-base-uncased", "--top-k", 99], "top_k=99", "12 layers")
+    assert_bad_input(capsys, train_args(tiny_model_dir, tiny_glue, tmp_path / "out", "--top-k", 99),
+                     "top_k=99", "3 layers")
+
+
+def test_negative_learning_rate(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    argv = train_args(tiny_model_dir, tiny_glue, tmp_path / "out")
+    argv[argv.index("--lr") + 1] = "-0.1"
+    assert_bad_input(capsys, argv, "learning_rate must be positive", "-0.1")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "tiny-gpt2"
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, pad_token_id=0)
+    GPT2ForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def test_unsupported_model_family(capsys, gpt2_dir, tiny_glue, tmp_path):
+    line = assert_bad_input(capsys, ["params", "--model", gpt2_dir / "config.json"], "gpt2", "bert", "t5")
+    assert "supports" in line
+    assert_bad_input(capsys, train_args(gpt2_dir, tiny_glue, tmp_path / "out"), "gpt2", "bert", "t5")
+
+
+def test_eval_missing_adapter(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    missing = tmp_path / "no-adapter"
+    assert_bad_input(capsys, ["eval", "--adapter", missing, "--model", tiny_model_dir, "--data-dir", tiny_glue],
+                     str(missing), "does not exist")
+
+
+@pytest.fixture
+def other_model_dir(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A tiny BERT of another width (48), with the same vocabulary and tokenizer as tiny_model_dir."""
+    folder = tmp_path / "other-bert"
+    config = BertConfig(hidden_size=48, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
+                        vocab_size=100, max_position_embeddings=64, num_labels=2, pad_token_id=0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+def test_eval_adapter_of_another_model(capsys, tiny_model_dir, other_model_dir, tiny_glue, tmp_path):
+    out_dir = tmp_path / "out"
+    rc, _, err = run(capsys, *train_args(tiny_model_dir, tiny_glue, out_dir))
+    assert rc == 0, err
+    line = assert_bad_input(
+        capsys, ["eval", "--adapter", out_dir / "adapter", "--model", other_model_dir, "--data-dir", tiny_glue],
+        "trained on", str(tiny_model_dir), "hidden 32", "hidden 48")
+    assert str(out_dir / "adapter") in line
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+
+
+def test_train_then_eval(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    out_dir = tmp_path / "out"
+    argv = train_args(tiny_model_dir, tiny_glue, out_dir)
+    argv[argv.index("--epochs") + 1] = "2"
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0, err
+    assert "Traceback" not in out + err
+
+    # The parameter table comes first, then the final metrics.
+    assert "trainable parameters (hadamard):" in out
+    table_at, metrics_at = out.index("task head"), out.index("  validation: accuracy")
+    assert table_at < metrics_at
+    assert f"trained {TINY_METHOD_TOTAL:,} method params" in out
+
+    results = json.loads((out_dir / "results.json").read_text())
+    accuracy = results["metrics"]["validation"]["accuracy"]
+    assert 0.0 <= accuracy <= 1.0
+    assert f"  validation: accuracy {accuracy:.4f}" in out
+    assert results["task"] == "sst2" and results["method"] == "hadamard"
+    assert results["parameters"]["method_total"] == TINY_METHOD_TOTAL
+    assert results["parameters"]["base_params"] == TINY_BASE_PARAMS
+    assert results["parameters"]["head"] == TINY_HEAD
+    assert results["train_config"]["recipe"] == "two-stage"
+    assert [(h["stage"], h["epoch"]) for h in results["history"]] == [("head", 1.0), ("method", 1.0), ("method", 2.0)]
+    best, accuracies = results["best_checkpoint"], [h["eval_accuracy"] for h in results["history"]]
+    assert best == results["history"][accuracies.index(max(accuracies))]  # the first of the best
+    assert accuracy == pytest.approx(best["eval_accuracy"], abs=1e-6)
+    assert results["optimizer_steps"] == 3 * 4  # 3 epochs in all, 32 rows / batch 8
+    assert isinstance(results["ms_per_step"], float) and results["ms_per_step"] > 0
+    assert isinstance(results["peak_memory_mb"], float) and results["peak_memory_mb"] > 0
+
+    adapter = out_dir / "adapter"
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    config = pelt.read_adapter_config(adapter)
+    assert config["method"] == "hadamard" and config["task"] == "sst2"
+    assert config["trainable_parameters"] == TINY_METHOD_TOTAL + TINY_HEAD
+    assert config["checkpoint"] == best
+    assert sorted(p.name for p in out_dir.iterdir() if p.name.startswith(".")) == []
+
+    # pelt eval of the saved adapter reproduces the final metrics.
+    rc, out, err = run(capsys, "eval", "--adapter", adapter, "--model", tiny_model_dir, "--data-dir", tiny_glue,
+                       "--json")
+    assert rc == 0, err
+    metrics = json_document(out)
+    assert list(metrics) == ["validation"]
+    assert metrics["validation"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+    # The data folder may be the task folder itself, and the base model defaults to the adapter's.
+    rc, out, err = run(capsys, "eval", "--adapter", adapter, "--data-dir", tiny_glue / "SST-2", "--json")
+    assert rc == 0, err
+    assert json_document(out)["validation"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+    # Without --json: one "split: metric value" line.
+    rc, out, err = run(capsys, "eval", "--adapter", adapter, "--model", tiny_model_dir, "--data-dir", tiny_glue)
+    assert rc == 0, err
+    assert f"validation: accuracy {accuracy:.4f}" in out.splitlines()
+
+
+def test_final_metrics_and_eval_come_from_the_best_checkpoint(capsys, tiny_model_dir, tmp_path):
+    """A run whose checkpoints differ: the head stage (lr ~0) keeps the initial prediction, positive, which is
+    right on this all-positive dev set; the method stage then learns the negative majority of train."""
+    train_rows = [(text, 1 if i < 8 else 0) for i, (text, _) in enumerate(separable_rows(32))]
+    dev_rows = [(text, 1) for text, _ in separable_rows(16, seed=1)]
+    data = write_sst2(tmp_path / "skewed", train_rows, dev_rows)
+    out_dir = tmp_path / "out"
+    argv = train_args(tiny_model_dir, data, out_dir)
+    argv[argv.index("--epochs") + 1] = "2"
+    argv[argv.index("--head-lr") + 1] = "1e-9"
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0, err
+    results = json.loads((out_dir / "results.json").read_text())
+    history = [h["eval_accuracy"] for h in results["history"]]
+    assert len(set(history)) > 1, f"every checkpoint has the same accuracy {history}: the test proves nothing"
+    best = results["best_checkpoint"]
+    assert best["eval_accuracy"] == max(history)
+    assert best == results["history"][history.index(max(history))]  # the first of the best
+    assert results["metrics"]["validation"]["accuracy"] == pytest.approx(max(history), abs=1e-6)
+
+    evaluated = {}
+    for name in ("adapter", "last"):
+        rc, out, err = run(capsys, "eval", "--adapter", out_dir / name, "--data-dir", data, "--json")
+        assert rc == 0, err
+        evaluated[name] = json_document(out)["validation"]["accuracy"]
+    assert evaluated["adapter"] == pytest.approx(max(history), abs=1e-6)
+    assert evaluated["last"] == pytest.approx(history[-1], abs=1e-6)
+
+
+def test_train_with_task_folder_as_data_dir(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    out_dir = tmp_path / "out"
+    rc, out, err = run(capsys, *train_args(tiny_model_dir, tiny_glue / "SST-2", out_dir, "--head-epochs", 0))
+    assert rc == 0, err
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["train_samples"] == 32
+    assert results["data_dir"] == str(tiny_glue / "SST-2")
+    assert [h["stage"] for h in results["history"]] == ["method"]  # --head-epochs 0 skips stage (a)
+    assert results["optimizer_steps"] == 4
+    assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_train_pooler_is_saved_and_reloaded(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    out_dir = tmp_path / "out"
+    rc, out, err = run(capsys, *train_args(tiny_model_dir, tiny_glue, out_dir, "--head-epochs", 0, "--train-pooler"))
+    assert rc == 0, err
+    results = json.loads((out_dir / "results.json").read_text())
+    pooler = 32 * 32 + 32
+    assert results["parameters"]["head"] == TINY_HEAD + pooler
+    assert results["parameters"]["method_total"] == TINY_METHOD_TOTAL
+    assert pelt.read_adapter_config(out_dir / "adapter")["trainable_parameters"] == TINY_METHOD_TOTAL + TINY_HEAD + pooler
+    rc, out, err = run(capsys, "eval", "--adapter", out_dir / "adapter", "--data-dir", tiny_glue, "--json")
+    assert rc == 0, err
+    assert json_document(out)["validation"]["accuracy"] == pytest.approx(
+        results["metrics"]["validation"]["accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("case", ["train-top-k", "eval-other-model"])
+def test_error_after_loading_is_one_line(capsys, tiny_model_dir, other_model_dir, tiny_glue, tmp_path, case):
+    if case == "train-top-k":
+        argv = train_args(tiny_model_dir, tiny_glue, tmp_path / "out", "--top-k", 99)
+    else:
+        adapter = tmp_path / "adapter"
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+        pelt.save_adapter(pelt.apply_method(model, pelt.HadamardConfig()), adapter, metadata={"task": "sst2"})
+        argv = ["eval", "--adapter", adapter, "--model", other_model_dir, "--data-dir", tiny_glue]
+    rc, out, err = run(capsys, *argv)
+    assert rc == EXIT_BAD_INPUT
+    assert err.startswith("pelt: error: ") and err.count("\n") == 1 and "\r" not in err, repr(err)
+
+
+def test_eval_json_stdout_is_only_json(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    out_dir = tmp_path / "out"
+    rc, _, err = run(capsys, *train_args(tiny_model_dir, tiny_glue, out_dir, "--head-epochs", 0))
+    assert rc == 0, err
+    rc, out, err = run(capsys, "eval", "--adapter", out_dir / "adapter", "--data-dir", tiny_glue, "--json")
+    assert rc == 0, err
+    assert set(json.loads(out)) == {"validation"}
+
+
+def test_tiny_model_dir_tokenizer_knows_the_tiny_vocabulary(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tokenizer.convert_ids_to_tokens(tokenizer("w5 w60")["input_ids"]) == ["[CLS]", "w5", "w60", "[SEP]"]
+
+
+# ---- interruption --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("completed_saves", [1, 2, 3])
+def test_interrupt_while_saving_leaves_loadable_checkpoints(
+    capsys, monkeypatch, tiny_model_dir, tiny_glue, tmp_path, completed_saves
+):
+    """Ctrl-C in the middle of writing a checkpoint: rc 130, and what was saved before is intact.
+
+    Saves happen after each evaluation: `last`, then `adapter` when the metric improved. The head stage's
+    evaluation is the first, so save 1 is `last` and save 2 the first `adapter`; later saves overwrite.
+    """
+    real_save_file = pelt.core.save_file
+    calls: list[str] = []
+
+    def interrupting_save_file(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        if len(calls) > completed_saves:
+            Path(filename).write_bytes(b"\x00" * 10)  # half-written weights...
+            raise KeyboardInterrupt  # ...when Ctrl-C arrives
+        return real_save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(pelt.core, "save_file", interrupting_save_file)
+    out_dir = tmp_path / "out"
+    argv = train_args(tiny_model_dir, tiny_glue, out_dir)
+    argv[argv.index("--epochs") + 1] = "3"
+    rc, out, err = run(capsys, *argv)
+
+    assert rc == EXIT_INTERRUPTED
+    assert len(calls) == completed_saves + 1
+    assert "interrupted; the last completed checkpoint (if any) is in" in err
+    assert "Traceback" not in out + err
+    assert not (out_dir / "results.json").exists()
+    # No staging or backup folder left behind, and nothing but the checkpoints.
+    assert sorted(p.name for p in out_dir.iterdir() if p.name.startswith(".")) == []
+    expected = {"last"} if completed_saves == 1 else {"last", "adapter"}
+    assert {p.name for p in out_dir.iterdir() if p.is_dir()} == expected
+
+    for name in sorted(expected):
+        folder = out_dir / name
+        assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+        config = pelt.read_adapter_config(folder)
+        assert config["method"] == "hadamard"
+        assert config["checkpoint"]["stage"] in ("head", "method")
+        model = pelt.load_adapter(fresh_tiny_model(tiny_model_dir), folder)
+        assert pelt.parameter_report(model).method_total == TINY_METHOD_TOTAL
+    # Save 3 is `last` after the method stage's first epoch; save 4 (interrupted) is never visible.
+    last = pelt.read_adapter_config(out_dir / "last")["checkpoint"]
+    assert (last["stage"], last["epoch"]) == (("head", 1.0) if completed_saves < 3 else ("method", 1.0))
+    if completed_saves >= 2:
+        best = pelt.read_adapter_config(out_dir / "adapter")["checkpoint"]
+        assert (best["stage"], best["epoch"]) == ("head", 1.0)
