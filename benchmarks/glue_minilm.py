@@ -33,7 +33,7 @@ RUN_GRID = [
     ("hadamard", 1e-2, ["--head-epochs", "1", "--head-lr", "1e-2"]),
     ("hadamard", 3e-2, ["--head-epochs", "1", "--head-lr", "1e-2"]),
 ]
-TASKS = {"rte": None, "sst2": 8000}  # task: train subsample (None = full train set)
+TASKS = {"sst2": 8000, "rte": None}  # task: train subsample (None = full train set)
 COMMON = ["--epochs", "3", "--batch-size", "32", "--max-length", "128", "--seed", "42", "--train-pooler"]
 
 

@@ -8,7 +8,6 @@ and merging live once, in `pelt.core`, and work for every registered method.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -160,8 +159,3 @@ class LayerSelection:
             wanted = set(self.layers)
             return [r for r in refs if r.index in wanted]
         return refs
-
-
-def field_type(cls: type, name: str) -> Any:
-    """Resolved type annotation of a config field (the CLI uses it to build flags)."""
-    return typing.get_type_hints(cls)[name]
