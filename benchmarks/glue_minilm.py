@@ -98,6 +98,15 @@ def ratio(value: float | None, reference: float | None) -> str:
     return f"{value / reference:.2f}×" if value and reference else "–"
 
 
+def _portable(result: dict) -> dict:
+    """A run's results without this machine's paths, fit to commit."""
+    result = json.loads(json.dumps(result))
+    result["model"] = result.get("model_label", result.get("model"))
+    result["data_dir"] = Path(str(result.get("data_dir", ""))).name or "hub"
+    result.get("train_config", {})["output_dir"] = str(Path(result["train_config"]["output_dir"]).name)
+    return result
+
+
 def write_report(training: dict[tuple[str, str, float], dict], timing: dict[str, dict]) -> None:
     lines = [
         "# Full fine-tuning vs Hadamard adapter on all-MiniLM-L6-v2 (bundled), CPU",
@@ -127,7 +136,8 @@ def write_report(training: dict[tuple[str, str, float], dict], timing: dict[str,
         "",
         "## Step time and memory at a fixed shape (batch 32 × length 128)",
         "",
-        "One process per method; median of the timed steps (forward + backward + AdamW step) after warm-up;",
+        "One process per method; median of the timed steps (forward + backward + AdamW step) after warm-up",
+        f"({next(iter(timing.values()), {}).get('steps', '?')} timed steps, `--steps`);",
         "peak memory is the process's peak RSS over the timed steps (model, gradients, optimizer state, activations,",
         "and the runtime itself).",
         "",
@@ -144,7 +154,8 @@ def write_report(training: dict[tuple[str, str, float], dict], timing: dict[str,
     lines += ["", f"Machine: {os.cpu_count()} CPU cores, torch threads {threads}."]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "minilm_glue.md").write_text("\n".join(lines) + "\n")
-    payload = {"training": {f"{t}/{m}/lr{lr:g}": r for (t, m, lr), r in training.items()}, "timing": timing}
+    payload = {"training": {f"{t}/{m}/lr{lr:g}": _portable(r) for (t, m, lr), r in training.items()},
+               "timing": timing}
     (RESULTS / "minilm_glue.json").write_text(json.dumps(payload, indent=2) + "\n")
     print("\n".join(lines))
 
