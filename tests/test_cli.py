@@ -136,11 +136,14 @@ def test_params_full_method_counts_everything(capsys, tiny_model_dir):
     assert report["method_percent"] == pytest.approx(100.0)
 
 
-def test_methods_lists_hadamard_and_full(capsys):
+def test_methods_lists_every_registered_method(capsys):
+    from pelt.methods import list_methods
+
     rc, out, err = run(capsys, "methods")
     assert rc == 0, err
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    assert names == ["full", "hadamard"]
+    assert names == list_methods()
+    assert {"full", "hadamard", "compacter++"} <= set(names)
     assert "Chen et al." in out
 
 
@@ -302,6 +305,26 @@ def test_train_then_eval(capsys, tiny_model_dir, tiny_glue, tmp_path):
     rc, out, err = run(capsys, "eval", "--adapter", adapter, "--model", tiny_model_dir, "--data-dir", tiny_glue)
     assert rc == 0, err
     assert f"validation: accuracy {accuracy:.4f}" in out.splitlines()
+
+
+@pytest.mark.parametrize("method,options", [
+    ("compacter++", ["--bottleneck", "8", "--n", "4"]),
+    ("adapter-lowrank", ["--bottleneck", "8", "--placement", "attention"]),
+])
+def test_train_then_eval_adapter_methods(capsys, tiny_model_dir, tiny_glue, tmp_path, method, options):
+    """The adapter family through the whole CLI: joint recipe, options as flags, reload reproduces the metric."""
+    out_dir = tmp_path / "out"
+    rc, out, err = run(capsys, *train_args(tiny_model_dir, tiny_glue, out_dir, "--method", method, *options))
+    assert rc == 0, err
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["train_config"]["recipe"] == "joint"
+    assert [h["stage"] for h in results["history"]] == ["method"]
+    config = pelt.read_adapter_config(out_dir / "adapter")
+    assert config["method"] == method and config["method_config"]["bottleneck"] == 8
+    rc, out, err = run(capsys, "eval", "--adapter", out_dir / "adapter", "--data-dir", tiny_glue, "--json")
+    assert rc == 0, err
+    assert json_document(out)["validation"]["accuracy"] == pytest.approx(
+        results["metrics"]["validation"]["accuracy"], abs=1e-6)
 
 
 def test_final_metrics_and_eval_come_from_the_best_checkpoint(capsys, tiny_model_dir, tmp_path):

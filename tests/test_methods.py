@@ -16,16 +16,22 @@ import pelt
 from pelt.arch import head_module_names
 from pelt.core import CONFIG_NAME, WEIGHTS_NAME
 from pelt.methods import METHODS, get_method, make_config
+from pelt.methods.adapters import BottleneckConfig
 
 METHOD_NAMES = sorted(METHODS)
 # Methods whose injected modules leave the model unchanged at init (full FT trivially so).
 IDENTITY_AT_INIT = {"hadamard", "full"}
 CASES = [(m, f) for m in METHOD_NAMES for f in ALL_FAMILIES]
+# What fits the tiny models (hidden size 32, 3 layers per stack): the default bottleneck would be 32/32 = 1.
+TINY_OPTIONS = {
+    name: {"bottleneck": 8, **({"drop_first": 1} if name == "adapterdrop" else {})}
+    for name, method in METHODS.items() if issubclass(method.config_class, BottleneckConfig)
+}
 
 
 def adapted(method: str, family: str, seed: int = 0, **options) -> torch.nn.Module:
     model = tiny_model(family, seed)
-    return pelt.apply_method(model, make_config(method, **options))
+    return pelt.apply_method(model, make_config(method, **{**TINY_OPTIONS.get(method, {}), **options}))
 
 
 @pytest.mark.parametrize("method,family", CASES)

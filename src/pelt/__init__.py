@@ -1,7 +1,7 @@
 """pelt: parameter-efficient language-model tuning.
 
     model = AutoModelForSequenceClassification.from_pretrained(...)
-    pelt.apply_method(model, pelt.HadamardConfig(top_k=8))
+    pelt.apply_method(model, pelt.HadamardConfig(top_k=8))   # or pelt.CompacterConfig(n=4), ...
     print(pelt.parameter_report(model).table())
     ... train ...
     pelt.save_adapter(model, "out/adapter")
@@ -23,18 +23,32 @@ from pelt.core import (  # noqa: E402
 )
 from pelt.errors import PeltError  # noqa: E402
 from pelt.methods import (  # noqa: E402
+    AdapterConfig,
+    AdapterDropConfig,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
     FullConfig,
     HadamardConfig,
+    LowRankConfig,
     MethodConfig,
+    PfeifferConfig,
+    PHMAdapterConfig,
     get_method,
     list_methods,
     make_config,
 )
 
 __all__ = [
+    "AdapterConfig",
+    "AdapterDropConfig",
+    "CompacterConfig",
+    "CompacterPlusPlusConfig",
     "FullConfig",
     "HadamardConfig",
+    "LowRankConfig",
     "MethodConfig",
+    "PfeifferConfig",
+    "PHMAdapterConfig",
     "ParameterReport",
     "PeltError",
     "apply_method",

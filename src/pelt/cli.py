@@ -54,13 +54,13 @@ def _add_method_options(parser: argparse.ArgumentParser, config_class: type) -> 
             group.add_argument(flag, dest=f"m_{f.name}", action=argparse.BooleanOptionalAction, default=None,
                                help=f"{help_text} (default: {default})")
         elif typing.get_origin(kind) is list:
-            group.add_argument(flag, dest=f"m_{f.name}", type=_parse_int_list, default=None,
+            group.add_argument(flag, dest=f"m_{f.name}", type=_parse_int_list, default=None, metavar="LIST",
                                help=f"{help_text} (e.g. 8,9,10,11 or 8-11)")
         elif typing.get_origin(kind) is typing.Literal:
             group.add_argument(flag, dest=f"m_{f.name}", choices=list(args), default=None,
                                help=f"{help_text} (default: {default})")
         else:
-            group.add_argument(flag, dest=f"m_{f.name}", type=kind, default=None,
+            group.add_argument(flag, dest=f"m_{f.name}", type=kind, default=None, metavar=f.name.upper(),
                                help=f"{help_text} (default: {default})")
         names.append(f.name)
     return names
@@ -200,8 +200,9 @@ def _params(args: argparse.Namespace) -> None:
 def _methods(_: argparse.Namespace) -> None:
     from pelt.methods import METHODS
 
+    width = max(map(len, METHODS))
     for name in sorted(METHODS):
-        print(f"{name:<12} {METHODS[name].description}")
+        print(f"{name:<{width}}  {METHODS[name].description}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

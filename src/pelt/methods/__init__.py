@@ -1,6 +1,6 @@
 """Every method module registers itself on import; importing this package fills the registry."""
 
-from pelt.methods import full, hadamard  # noqa: F401  (registration side effect)
+from pelt.methods import adapters, full, hadamard  # noqa: F401  (registration side effect)
 from pelt.methods.base import (
     METHODS,
     Injection,
@@ -11,11 +11,27 @@ from pelt.methods.base import (
     make_config,
     register_method,
 )
+from pelt.methods.adapters import (
+    AdapterConfig,
+    AdapterDropConfig,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
+    LowRankConfig,
+    PfeifferConfig,
+    PHMAdapterConfig,
+)
 from pelt.methods.full import FullConfig
 from pelt.methods.hadamard import HadamardConfig, HadamardLinear
 
 __all__ = [
     "METHODS",
+    "AdapterConfig",
+    "AdapterDropConfig",
+    "CompacterConfig",
+    "CompacterPlusPlusConfig",
+    "LowRankConfig",
+    "PfeifferConfig",
+    "PHMAdapterConfig",
     "FullConfig",
     "HadamardConfig",
     "HadamardLinear",
