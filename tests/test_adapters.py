@@ -18,7 +18,7 @@ from pelt.arch import iter_layers
 from pelt.cli import main
 from pelt.methods import get_method, make_config
 from pelt.methods.adapters import AdaptedProjection, BottleneckAdapter
-from pelt.methods.phm import PHMLinear, prefer_factored
+from pelt.methods.phm import LPHMLinear, PHMLinear, prefer_factored
 from pelt.pipeline import count_parameters_for
 
 ADAPTER_METHODS = ["adapter", "pfeiffer", "adapterdrop", "adapter-lowrank", "phm-adapter", "compacter", "compacter++"]
@@ -115,6 +115,14 @@ def test_auto_path_follows_the_fitted_rule() -> None:
     assert not prefer_factored(384, 12, 4, 1)  # too small to pay for three contractions
     layer = PHMLinear(768, 48, 4, rank=1)
     assert layer.uses_factored and not PHMLinear(48, 768, 4, rank=1).uses_factored
+
+
+def test_phm_and_lphm_parameter_counts() -> None:
+    d, k, n = 768, 24, 4
+    count = lambda layer: sum(p.numel() for p in layer.parameters())  # noqa: E731
+    assert count(PHMLinear(d, k, n)) == n**3 + k * d // n + k
+    assert count(LPHMLinear(d, k, n)) == n**3 + (k + d) + k  # rank 1: r(k + d)
+    assert count(LPHMLinear(d, k, n, rank=3)) == n**3 + 3 * (k + d) + k
 
 
 def test_phm_layer_rejects_n_not_dividing_its_sizes() -> None:

@@ -20,7 +20,7 @@ from pelt.methods.adapters import BottleneckConfig
 
 METHOD_NAMES = sorted(METHODS)
 # Methods whose injected modules leave the model unchanged at init (full FT trivially so).
-IDENTITY_AT_INIT = {"hadamard", "full"}
+IDENTITY_AT_INIT = {"hadamard", "full", "lora", "ia3"}
 CASES = [(m, f) for m in METHOD_NAMES for f in ALL_FAMILIES]
 # What fits the tiny models (hidden size 32, 3 layers per stack): the default bottleneck would be 32/32 = 1.
 TINY_OPTIONS = {
@@ -89,12 +89,17 @@ def test_adapter_file_holds_only_what_was_trained(method: str, family: str, tmp_
     assert sum(t.numel() for t in saved.values()) == report.method_total + report.groups["head"]
 
 
-MERGEABLE = [(m, f, placement) for m, f in CASES if get_method(m).mergeable for placement in ("output", "input")]
+# Variants of a mergeable method whose merge arithmetic differs.
+MERGE_VARIANTS = {
+    "hadamard": [{"placement": "output"}, {"placement": "input"}],
+    "lora": [{"targets": ["query", "value", "attention_output", "ffn_input", "ffn_output"]}],
+}
+MERGEABLE = [(m, f, v) for m, f in CASES if get_method(m).mergeable for v in MERGE_VARIANTS.get(m, [{}])]
 
 
-@pytest.mark.parametrize("method,family,placement", MERGEABLE)
-def test_merge_matches_unmerged_and_unmerge_restores(method: str, family: str, placement: str) -> None:
-    model = adapted(method, family, placement=placement)
+@pytest.mark.parametrize("method,family,options", MERGEABLE)
+def test_merge_matches_unmerged_and_unmerge_restores(method: str, family: str, options: dict) -> None:
+    model = adapted(method, family, **options)
     perturb_trainable(model)
     inputs = tiny_inputs(family)
     base_weights = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -7,6 +7,7 @@ architecture means adding one entry here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -25,6 +26,10 @@ class LayerSites:
     ffn_norm: str  # the LayerNorm that belongs to the FFN sublayer
     cross_attention_output: str | None = None  # decoder only
     cross_attention_norm: str | None = None
+    attention_query: str | None = None  # the self-attention input projections
+    attention_key: str | None = None
+    attention_value: str | None = None
+    ffn_input: str | None = None  # the FFN's first projection (T5 v1.1's gated FFN has two: wi_0, wi_1)
 
 
 @dataclass(frozen=True)
@@ -49,11 +54,21 @@ _BERT_LIKE_SITES = LayerSites(
     attention_norm="attention.output.LayerNorm",
     ffn_output="output.dense",
     ffn_norm="output.LayerNorm",
+    attention_query="attention.self.query",
+    attention_key="attention.self.key",
+    attention_value="attention.self.value",
+    ffn_input="intermediate.dense",
+)
+_DEBERTA_SITES = dataclasses.replace(
+    _BERT_LIKE_SITES,
+    attention_query="attention.self.query_proj",
+    attention_key="attention.self.key_proj",
+    attention_value="attention.self.value_proj",
 )
 
 
-def _encoder_only(family: str) -> ArchSpec:
-    return ArchSpec(family, (StackSpec("encoder", "encoder.layer", _BERT_LIKE_SITES),), "post")
+def _encoder_only(family: str, sites: LayerSites = _BERT_LIKE_SITES) -> ArchSpec:
+    return ArchSpec(family, (StackSpec("encoder", "encoder.layer", sites),), "post")
 
 
 _T5 = ArchSpec(
@@ -67,6 +82,10 @@ _T5 = ArchSpec(
                 attention_norm="layer.0.layer_norm",
                 ffn_output="layer.1.DenseReluDense.wo",
                 ffn_norm="layer.1.layer_norm",
+                attention_query="layer.0.SelfAttention.q",
+                attention_key="layer.0.SelfAttention.k",
+                attention_value="layer.0.SelfAttention.v",
+                ffn_input="layer.1.DenseReluDense.wi",
             ),
             final_norm="encoder.final_layer_norm",
         ),
@@ -80,6 +99,10 @@ _T5 = ArchSpec(
                 ffn_norm="layer.2.layer_norm",
                 cross_attention_output="layer.1.EncDecAttention.o",
                 cross_attention_norm="layer.1.layer_norm",
+                attention_query="layer.0.SelfAttention.q",
+                attention_key="layer.0.SelfAttention.k",
+                attention_value="layer.0.SelfAttention.v",
+                ffn_input="layer.2.DenseReluDense.wi",
             ),
             final_norm="decoder.final_layer_norm",
         ),
@@ -91,7 +114,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "bert": _encoder_only("bert"),
     "roberta": _encoder_only("roberta"),
     "electra": _encoder_only("electra"),
-    "deberta-v2": _encoder_only("deberta-v2"),
+    "deberta-v2": _encoder_only("deberta-v2", _DEBERTA_SITES),
     "t5": _T5,
 }
 # model_type values whose modules are laid out exactly like a supported family.

@@ -53,6 +53,9 @@ def _add_method_options(parser: argparse.ArgumentParser, config_class: type) -> 
         if kind is bool:
             group.add_argument(flag, dest=f"m_{f.name}", action=argparse.BooleanOptionalAction, default=None,
                                help=f"{help_text} (default: {default})")
+        elif typing.get_origin(kind) is list and args == (str,):
+            group.add_argument(flag, dest=f"m_{f.name}", type=lambda text: [t.strip() for t in text.split(",")],
+                               default=None, metavar="A,B", help=f"{help_text} (default: {','.join(default or [])})")
         elif typing.get_origin(kind) is list:
             group.add_argument(flag, dest=f"m_{f.name}", type=_parse_int_list, default=None, metavar="LIST",
                                help=f"{help_text} (e.g. 8,9,10,11 or 8-11)")

@@ -25,15 +25,17 @@ PATHS = ("auto", "materialized", "factored")
 
 
 def check_divisible(n: int, **dims: int) -> None:
-    """n must divide every dimension of a PHM layer: say which one does not, and what would."""
+    """n must divide every dimension of a PHM layer: say which one does not, and which n would fit all."""
     if n < 1:
         raise PeltError(f"n (the number of Kronecker terms) must be at least 1, got {n}")
     for name, value in dims.items():
         if value % n:
-            divisors = [m for m in range(1, value + 1) if value % m == 0 and m <= 64]
+            fitting = [m for m in range(1, min(dims.values()) + 1) if all(v % m == 0 for v in dims.values())]
+            sizes = " and ".join(f"{k} ({v})" for k, v in dims.items())
             raise PeltError(
-                f"n={n} does not divide the {name} ({value}); choose n from {divisors} "
-                f"or change the {name}"
+                f"n={n} does not divide the {name} ({value}); n must divide the {sizes}: "
+                f"choose n from {', '.join(map(str, fitting))}"
+                + (" or change the bottleneck" if "bottleneck" in dims else "")
             )
 
 
@@ -156,3 +158,10 @@ class PHMLinear(nn.Module):
             y = torch.einsum("ipr,...iar->...ap", self.phm_left, mixed)
         y = y.reshape(*lead, self.out_features)
         return y if self.bias is None else y + self.bias
+
+
+class LPHMLinear(PHMLinear):
+    """The low-rank PHM layer (`B_i = s_i t_iᵀ`), rank 1 by default as in Compacter."""
+
+    def __init__(self, in_features: int, out_features: int, n: int, *, rank: int = 1, **kwargs) -> None:
+        super().__init__(in_features, out_features, n, rank=rank, **kwargs)
