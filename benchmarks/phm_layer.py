@@ -60,7 +60,7 @@ def run(device: str, tokens: int, reps: int, warmup: int) -> list[dict]:
                 for path in ("materialized", "factored"):
                     layer = PHMLinear(fan_in, fan_out, n, rank=rank, path=path).to(device)
                     timings[path] = _time(layer, x, reps, warmup)
-                auto = "factored" if prefer_factored(fan_in, fan_out, n, rank) else "materialized"
+                auto = "factored" if prefer_factored(fan_in, fan_out, n, rank, device) else "materialized"
                 fastest = min(timings, key=timings.get)
                 rows.append({
                     "d": d, "k": k, "in": fan_in, "out": fan_out, "n": n,

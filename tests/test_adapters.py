@@ -18,7 +18,7 @@ from pelt.arch import iter_layers
 from pelt.cli import main
 from pelt.methods import get_method, make_config
 from pelt.methods.adapters import AdaptedProjection, BottleneckAdapter
-from pelt.methods.phm import LPHMLinear, PHMLinear, prefer_factored
+from pelt.methods.phm import LPHMLinear, PHMLinear, SharedRule, prefer_factored
 from pelt.pipeline import count_parameters_for
 
 ADAPTER_METHODS = ["adapter", "pfeiffer", "adapterdrop", "adapter-lowrank", "phm-adapter", "compacter", "compacter++"]
@@ -113,8 +113,9 @@ def test_auto_path_follows_the_fitted_rule() -> None:
     assert not prefer_factored(24, 768, 4, 1)  # expanding projections: never factored
     assert prefer_factored(768, 48, 4, 1)  # 11× fewer multiply-adds
     assert not prefer_factored(384, 12, 4, 1)  # too small to pay for three contractions
+    assert not prefer_factored(768, 48, 4, 1, "cuda")  # measured on CPU only: elsewhere the reference path
     layer = PHMLinear(768, 48, 4, rank=1)
-    assert layer.uses_factored and not PHMLinear(48, 768, 4, rank=1).uses_factored
+    assert layer.uses_factored("cpu") and not PHMLinear(48, 768, 4, rank=1).uses_factored("cpu")
 
 
 def test_phm_and_lphm_parameter_counts() -> None:
@@ -129,7 +130,7 @@ def test_phm_layer_rejects_n_not_dividing_its_sizes() -> None:
     with pytest.raises(pelt.PeltError, match="n=5 does not divide the input_size"):
         PHMLinear(24, 10, 5)
     with pytest.raises(pelt.PeltError, match="shape"):
-        PHMLinear(24, 12, 4, rule=nn.Parameter(torch.zeros(3, 3, 3)))
+        PHMLinear(24, 12, 4, shared=SharedRule(3, 0.01))
 
 
 # ---- configuration errors ------------------------------------------------------------------------------------
@@ -145,7 +146,8 @@ def test_phm_layer_rejects_n_not_dividing_its_sizes() -> None:
     ("pfeiffer", {"placement": "cross"}, "placement must be one of"),
     ("adapter", {"non_linearity": "softmax"}, "non_linearity"),
     ("adapterdrop", {"drop_first": -1}, "drop_first"),
-    ("adapterdrop", {"top_k": 2}, "not both"),
+    ("adapterdrop", {"top_k": 2}, "drop_first=5 and layers/top_k both choose"),
+    ("compacter", {"phm_path": "fast"}, "phm_path must be one of"),
     ("adapter", {"init_std": 0.0}, "init_std"),
 ])
 def test_impossible_options_fail_at_configuration(method: str, options: dict, message: str) -> None:
@@ -155,11 +157,21 @@ def test_impossible_options_fail_at_configuration(method: str, options: dict, me
 
 def test_n_not_dividing_the_hidden_size_fails_before_the_model_changes() -> None:
     model = tiny_model("bert")  # hidden size 32
-    before = {n: p.clone() for n, p in model.named_parameters()}
+    before = {n: (p.clone(), p.requires_grad) for n, p in model.named_parameters()}
     with pytest.raises(pelt.PeltError, match="n=3 does not divide the hidden_size"):
         pelt.apply_method(model, make_config("compacter", n=3, bottleneck=6))
     assert not any(isinstance(m, AdaptedProjection) for m in model.modules())
-    assert set(dict(model.named_parameters())) == set(before)
+    after = dict(model.named_parameters())
+    assert set(after) == set(before)
+    for name, (value, requires_grad) in before.items():
+        assert torch.equal(after[name], value) and after[name].requires_grad == requires_grad == True  # noqa: E712
+    assert getattr(model, "pelt_state", None) is None
+    pelt.apply_method(model, make_config("compacter", n=4, bottleneck=8))  # the model is still usable
+
+
+def test_compacter_rank_must_stay_low() -> None:
+    with pytest.raises(pelt.PeltError, match="not low-rank"):
+        pelt.apply_method(tiny_model("bert"), make_config("compacter", n=4, bottleneck=8, rank=2))
 
 
 def test_cli_reports_n_not_dividing_as_one_line(capsys: pytest.CaptureFixture) -> None:
@@ -207,7 +219,7 @@ def test_default_init_is_near_identity_at_real_sizes(method: str) -> None:
     torch.manual_seed(0)
     config = make_config(method)
     impl = get_method(method)
-    rule = impl.make_rule(config, {})
+    rule = impl.make_shared(config, {})
     k = config.bottleneck_for(768)
     adapter = BottleneckAdapter(impl.make_projection(config, 768, k, rule, {}),
                                 impl.make_projection(config, k, 768, rule, {}), config.non_linearity)
@@ -267,20 +279,21 @@ def test_compacter_shares_one_rule_that_every_adapter_feeds_gradient_to() -> Non
     model = adapted("compacter", "bert")
     layers = [m for m in model.modules() if isinstance(m, PHMLinear)]
     assert len(layers) == 2 * 2 * 3  # down and up, two adapters per layer, three layers
-    shared = layers[0].phm_rule
-    assert all(layer.phm_rule is shared for layer in layers)
-    rule_names = [n for n in model.pelt_state.added if n.endswith("phm_rule")]
-    assert len(rule_names) == 1  # stored once in the adapter file
+    shared = layers[0].rule()
+    assert all(layer.rule() is shared for layer in layers)
+    rule_names = [n for n, p in model.named_parameters() if p is shared]
+    assert rule_names == ["bert.phm_shared_rule.phm_rule"]  # registered once, in the backbone
+    assert rule_names[0] in model.pelt_state.added
+    assert [k for k in model.state_dict() if k.endswith("phm_rule")] == rule_names
     perturb_trainable(model)
 
     # Route each layer's use of the rule through its own copy to see each contribution.
     copies = []
     for layer in layers:
-        copy = layer.phm_rule * 1.0
+        copy = shared * 1.0
         copy.retain_grad()
         copies.append(copy)
-        del layer.phm_rule
-        layer.phm_rule = copy
+        layer.rule = lambda copy=copy: copy
     loss_of(model, "bert", tiny_inputs("bert")).backward()
     contributions = [c.grad for c in copies]
     assert all(g is not None and g.abs().sum() > 0 for g in contributions)
@@ -289,7 +302,7 @@ def test_compacter_shares_one_rule_that_every_adapter_feeds_gradient_to() -> Non
 
 def test_phm_adapter_has_its_own_rule_per_projection() -> None:
     model = adapted("phm-adapter", "bert")
-    rules = [m.phm_rule for m in model.modules() if isinstance(m, PHMLinear)]
+    rules = [m.rule() for m in model.modules() if isinstance(m, PHMLinear)]
     assert len({id(r) for r in rules}) == len(rules) == 12
 
 
@@ -301,8 +314,43 @@ def test_shared_rule_round_trip_keeps_it_shared(tmp_path: Path) -> None:
     pelt.save_adapter(model, tmp_path / "a")
     fresh = pelt.load_adapter(tiny_model("t5"), tmp_path / "a")
     assert torch.equal(model_output(fresh, inputs), expected)
-    rules = [m.phm_rule for m in fresh.modules() if isinstance(m, PHMLinear)]
+    rules = [m.rule() for m in fresh.modules() if isinstance(m, PHMLinear)]
     assert all(r is rules[0] for r in rules)
+    assert fresh.get_parameter("phm_shared_rule.phm_rule") is rules[0]
+
+
+def test_compacter_model_saves_with_transformers_and_moves_as_one(tmp_path: Path) -> None:
+    """save_pretrained refuses state dicts with one tensor under several names: the rule is there once."""
+    model = adapted("compacter", "bert")
+    model.save_pretrained(tmp_path / "hf")
+    model.to(torch.float64)
+    rules = {id(m.rule()) for m in model.modules() if isinstance(m, PHMLinear)}
+    assert len(rules) == 1 and next(m for m in model.modules() if isinstance(m, PHMLinear)).rule().dtype == torch.float64
+
+
+def test_adapters_follow_each_projection_dtype() -> None:
+    """T5 keeps its FFN output projection in fp32 when the rest runs in bf16: each adapter follows its own."""
+    model = tiny_model("t5").to(torch.bfloat16)
+    for name, module in model.named_modules():
+        if name.endswith("DenseReluDense.wo"):
+            module.float()
+    pelt.apply_method(model, make_config("compacter", bottleneck=8))
+    for module in model.modules():
+        if isinstance(module, AdaptedProjection):
+            dtypes = {p.dtype for p in module.adapter.parameters()}
+            assert dtypes == {module.base_layer.weight.dtype}
+    loss_of(model, "t5", tiny_inputs("t5")).backward()
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_factored_path_inside_a_model_matches_materialized(family: str) -> None:
+    inputs = tiny_inputs(family)
+    outputs = []
+    for path in ("materialized", "factored"):
+        model = adapted("compacter", family, phm_path=path)
+        perturb_trainable(model)
+        outputs.append(model_output(model, inputs))
+    assert (outputs[0] - outputs[1]).abs().max() < 1e-5
 
 
 def test_lowrank_projection_weight_has_the_requested_rank() -> None:

@@ -81,9 +81,16 @@ def apply_method(
     method = get_method(config.method)
     base_count = count_parameters(base_model(model))
     head = head_parameter_names(model, train_pooler=train_pooler) if train_head else []
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
-    injection = method.inject(model, config, arch)
+    try:
+        injection = method.inject(model, config, arch)
+    except Exception:  # methods check sizes before replacing modules: give the model back as it came
+        for name, p in model.named_parameters():
+            if name in flags:
+                p.requires_grad_(flags[name])
+        raise
     state = PeltState(config, injection.added, injection.unfrozen, head, base_count, train_pooler)
     names = dict(model.named_parameters())
     missing = [n for n in state.trainable if n not in names]

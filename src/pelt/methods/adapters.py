@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from pelt.arch import ArchSpec, base_model_path, is_layer_norm
+from pelt.arch import ArchSpec, base_model_path, is_layer_norm, join
 from pelt.errors import PeltError
 from pelt.methods.base import (
     Injection,
@@ -39,9 +39,10 @@ from pelt.methods.base import (
     register_method,
     replace_module,
 )
-from pelt.methods.phm import PATHS, PHMLinear, check_divisible, new_rule
+from pelt.methods.phm import PATHS, PHMLinear, SharedRule, check_divisible
 
 NON_LINEARITIES = ("gelu_new", "gelu", "relu", "silu", "tanh")
+SHARED_NAME = "phm_shared_rule"  # where Compacter's shared A_i live, inside the backbone
 PLACEMENTS = ("both", "attention", "ffn")
 _SITES = {"both": ("attention_output", "ffn_output"), "attention": ("attention_output",), "ffn": ("ffn_output",)}
 
@@ -74,7 +75,10 @@ class BottleneckConfig(MethodConfig, LayerSelection):
         if self.drop_first < 0:
             raise PeltError(f"drop_first must be >= 0, got {self.drop_first}")
         if self.drop_first and (self.layers is not None or self.top_k is not None):
-            raise PeltError("give drop_first or layers/top_k, not both (they both choose the adapted layers)")
+            raise PeltError(
+                f"drop_first={self.drop_first} and layers/top_k both choose the adapted layers; give one "
+                "(adapterdrop drops 5 by default: pass drop_first 0 to choose layers with layers/top_k)"
+            )
         if not self.init_std > 0:
             raise PeltError(f"init_std must be > 0, got {self.init_std}")
 
@@ -169,12 +173,12 @@ class BottleneckMethod(Method):
     mergeable = False
     default_learning_rate = 3e-4
 
-    def make_rule(self, config: BottleneckConfig, factory: dict) -> nn.Parameter | None:
-        """A parameter shared by every projection of the model (Compacter's A_i), or None."""
+    def make_shared(self, config: BottleneckConfig, factory: dict) -> SharedRule | None:
+        """Weights shared by every projection of the model (Compacter's A_i), or None."""
         return None
 
     def make_projection(self, config: BottleneckConfig, in_features: int, out_features: int,
-                        rule: nn.Parameter | None, factory: dict) -> nn.Module:
+                        shared: SharedRule | None, factory: dict) -> nn.Module:
         layer = nn.Linear(in_features, out_features, **factory)
         nn.init.normal_(layer.weight, std=config.init_std)
         nn.init.zeros_(layer.bias)
@@ -206,18 +210,22 @@ class BottleneckMethod(Method):
         self.check_sizes(config, hidden_size, bottleneck)
 
         weight = targets[0][1].weight
-        factory = {"device": weight.device, "dtype": weight.dtype}
-        rule = self.make_rule(config, factory)
+        shared = self.make_shared(config, {"device": weight.device, "dtype": weight.dtype})
+        prefixes: tuple[str, ...] = tuple(f"{path}.adapter." for path in sites)
+        if shared is not None:  # registered once, in the backbone; every adapter reads it from there
+            holder = join(base_model_path(model), SHARED_NAME)
+            model.get_submodule(base_model_path(model)).add_module(SHARED_NAME, shared)
+            prefixes += (f"{holder}.",)
         for path, target in targets:
             d = target.out_features
+            # Each adapter follows its own projection's device and dtype (T5 keeps `wo` in fp32 under bf16).
+            factory = {"device": target.weight.device, "dtype": target.weight.dtype}
             adapter = BottleneckAdapter(
-                self.make_projection(config, d, bottleneck, rule, factory),
-                self.make_projection(config, bottleneck, d, rule, factory),
+                self.make_projection(config, d, bottleneck, shared, factory),
+                self.make_projection(config, bottleneck, d, shared, factory),
                 config.non_linearity,
             )
             replace_module(model, path, AdaptedProjection(target, adapter))
-        prefixes = tuple(f"{path}.adapter." for path in sites)
-        # named_parameters lists a shared tensor once, under the first adapter that holds it.
         added = [name for name, _ in model.named_parameters() if name.startswith(prefixes)]
         unfrozen = []
         if config.train_layernorm:
@@ -287,7 +295,7 @@ class AdapterLowRank(BottleneckMethod):
     description = "Houlsby adapters whose projections are rank-r products"
 
     def make_projection(self, config: BottleneckConfig, in_features: int, out_features: int,
-                        rule: nn.Parameter | None, factory: dict) -> nn.Module:
+                        shared: SharedRule | None, factory: dict) -> nn.Module:
         assert isinstance(config, LowRankConfig)
         return LowRankLinear(in_features, out_features, config.rank, config.init_std, **factory)
 
@@ -314,7 +322,7 @@ class PHMAdapter(BottleneckMethod):
         check_divisible(config.n, hidden_size=hidden_size, bottleneck=bottleneck)
 
     def make_projection(self, config: BottleneckConfig, in_features: int, out_features: int,
-                        rule: nn.Parameter | None, factory: dict) -> nn.Module:
+                        shared: SharedRule | None, factory: dict) -> nn.Module:
         assert isinstance(config, PHMAdapterConfig)
         return PHMLinear(in_features, out_features, config.n, rule_init_std=config.init_std,
                          path=config.phm_path, **factory)
@@ -340,14 +348,24 @@ class Compacter(PHMAdapter):
     config_class = CompacterConfig
     description = "Houlsby adapters with LPHM projections sharing one set of A_i across the model"
 
-    def make_rule(self, config: BottleneckConfig, factory: dict) -> nn.Parameter | None:
+    def check_sizes(self, config: BottleneckConfig, hidden_size: int, bottleneck: int) -> None:
+        super().check_sizes(config, hidden_size, bottleneck)
         assert isinstance(config, CompacterConfig)
-        return new_rule(config.n, config.init_std, **factory)
+        block = min(hidden_size, bottleneck) // config.n
+        if config.rank >= block:
+            raise PeltError(
+                f"rank={config.rank} is not low-rank for blocks of {bottleneck // config.n}×{hidden_size // config.n}"
+                f" (n={config.n}); use rank < {block}, or phm-adapter for full-rank blocks"
+            )
+
+    def make_shared(self, config: BottleneckConfig, factory: dict) -> SharedRule | None:
+        assert isinstance(config, CompacterConfig)
+        return SharedRule(config.n, config.init_std, **factory)
 
     def make_projection(self, config: BottleneckConfig, in_features: int, out_features: int,
-                        rule: nn.Parameter | None, factory: dict) -> nn.Module:
+                        shared: SharedRule | None, factory: dict) -> nn.Module:
         assert isinstance(config, CompacterConfig)
-        return PHMLinear(in_features, out_features, config.n, rank=config.rank, rule=rule,
+        return PHMLinear(in_features, out_features, config.n, rank=config.rank, shared=shared,
                          path=config.phm_path, **factory)
 
 

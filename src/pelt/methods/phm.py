@@ -2,7 +2,8 @@
 
 `W = Σ_i A_i ⊗ B_i` with `A_i ∈ R^{n×n}` and `B_i ∈ R^{(out/n)×(in/n)}` costs `n³ + in·out/n` parameters instead
 of `in·out`; the low-rank variant (LPHM) factors each `B_i = s_i t_iᵀ` with rank r, costing `r(in + out)`.
-The `A_i` ("rule") may be one tensor shared by many layers (Compacter's slow weights).
+The `A_i` ("rule") may be one tensor shared by many layers (Compacter's slow weights): it then lives in one
+`SharedRule` module, registered once in the model, that every layer reads at each call.
 
 `y = W x` can be computed two ways: materialize `W` once per call and run one matmul, or never build it and
 contract the input block-wise (`(A ⊗ B) vec(X) = vec(B X Aᵀ)`). Which is faster depends on the
@@ -52,7 +53,7 @@ def _glorot_uniform_(tensor: torch.Tensor, fan_in: int, fan_out: int) -> None:
     nn.init.uniform_(tensor, -bound, bound)
 
 
-def prefer_factored(in_features: int, out_features: int, n: int, rank: int | None) -> bool:
+def prefer_factored(in_features: int, out_features: int, n: int, rank: int | None, device_type: str = "cpu") -> bool:
     """Whether the factored product beats materializing W (fitted to benchmarks/results/phm_layer_cpu.md).
 
     Full-rank B: the factored product needs the same `in·out` multiply-adds per token as the dense matmul, in
@@ -60,9 +61,10 @@ def prefer_factored(in_features: int, out_features: int, n: int, rank: int | Non
     Low-rank B: the factored product needs `n·r·(in + out) + n³·r` per token instead of `in·out`. Measured, it
     wins only for down-projections (in > out) large enough (in·out ≥ 16k) with at least 5× fewer
     multiply-adds; expanding projections (k → d) were never faster factored, their three thin contractions
-    write more than they save.
+    write more than they save. Other devices were not measured: they take the materialized path, the
+    reference implementation's.
     """
-    if rank is None or in_features <= out_features:
+    if device_type != "cpu" or rank is None or in_features <= out_features:
         return False
     dense = in_features * out_features
     factored = n * rank * (in_features + out_features) + n**3 * rank
@@ -74,10 +76,21 @@ FACTORED_MIN_DENSE = 16_384
 FACTORED_MIN_SAVING = 5.0
 
 
+class SharedRule(nn.Module):
+    """The A_i of many PHM layers, registered once in the model (so state dicts and saves hold it once)."""
+
+    def __init__(self, n: int, init_std: float, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        check_divisible(n)
+        self.phm_rule = new_rule(n, init_std, device=device, dtype=dtype)
+
+
 class PHMLinear(nn.Module):
     """`y = (Σ_i A_i ⊗ B_i) x + b`; `rank=None` is a PHM layer, `rank=r` an LPHM layer (`B_i = s_i t_iᵀ`).
 
-    Pass `rule` to share one (n, n, n) parameter between layers; otherwise the layer owns its own A_i.
+    Pass `shared` to use the A_i of a `SharedRule` registered elsewhere in the model; otherwise the layer owns
+    its A_i.
     """
 
     def __init__(
@@ -87,7 +100,7 @@ class PHMLinear(nn.Module):
         n: int,
         *,
         rank: int | None = None,
-        rule: nn.Parameter | None = None,
+        shared: SharedRule | None = None,
         rule_init_std: float = 0.01,
         bias: bool = True,
         path: Path = "auto",
@@ -103,11 +116,14 @@ class PHMLinear(nn.Module):
         self.in_features, self.out_features, self.n, self.rank, self.path = in_features, out_features, n, rank, path
         factory = {"device": device, "dtype": dtype}
         out_block, in_block = out_features // n, in_features // n
-        if rule is None:
-            rule = new_rule(n, rule_init_std, **factory)
-        elif tuple(rule.shape) != (n, n, n):
-            raise PeltError(f"a shared rule for n={n} must have shape ({n}, {n}, {n}), got {tuple(rule.shape)}")
-        self.phm_rule = rule
+        if shared is None:
+            self.phm_rule = new_rule(n, rule_init_std, **factory)
+            self._shared: tuple[SharedRule, ...] = ()
+        elif tuple(shared.phm_rule.shape) != (n, n, n):
+            raise PeltError(f"a shared rule for n={n} must have shape ({n}, {n}, {n}), "
+                            f"got {tuple(shared.phm_rule.shape)}")
+        else:
+            self._shared = (shared,)  # a tuple: referenced, not registered as a submodule
         if rank is None:
             self.phm_weight = nn.Parameter(torch.empty(n, out_block, in_block, **factory))
             _glorot_uniform_(self.phm_weight, in_block, out_block)
@@ -123,6 +139,10 @@ class PHMLinear(nn.Module):
         kind = "PHM" if self.rank is None else f"LPHM rank={self.rank}"
         return f"{self.in_features} -> {self.out_features}, n={self.n}, {kind}, path={self.path}"
 
+    def rule(self) -> torch.Tensor:
+        """The (n, n, n) tensor of the A_i: this layer's own, or the shared one."""
+        return self._shared[0].phm_rule if self._shared else self.phm_rule
+
     def blocks(self) -> torch.Tensor:
         """The n matrices B_i, shape (n, out/n, in/n)."""
         if self.rank is None:
@@ -134,21 +154,22 @@ class PHMLinear(nn.Module):
         n = self.n
         b = self.blocks()
         # kron(A, B)[a·P + p, c·Q + q] = A[a, c] · B[p, q]
-        w = torch.einsum("iac,ipq->apcq", self.phm_rule, b)
+        rule = self.rule().to(dtype=b.dtype, device=b.device)  # a shared rule may sit elsewhere
+        w = torch.einsum("iac,ipq->apcq", rule, b)
         return w.reshape(n * b.shape[1], n * b.shape[2])
 
-    @property
-    def uses_factored(self) -> bool:
+    def uses_factored(self, device_type: str = "cpu") -> bool:
         if self.path == "auto":
-            return prefer_factored(self.in_features, self.out_features, self.n, self.rank)
+            return prefer_factored(self.in_features, self.out_features, self.n, self.rank, device_type)
         return self.path == "factored"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.uses_factored:
+        if not self.uses_factored(x.device.type):
             return F.linear(x, self.dense_weight(), self.bias)
         lead = x.shape[:-1]
         blocks = x.reshape(*lead, self.n, self.in_features // self.n)  # (..., c, q)
-        rule = self.phm_rule  # (i, a, c)
+        weights = self.phm_weight if self.rank is None else self.phm_left
+        rule = self.rule().to(dtype=weights.dtype, device=weights.device)  # (i, a, c)
         if self.rank is None:
             mixed = torch.einsum("iac,...cq->...iaq", rule, blocks)
             y = torch.einsum("ipq,...iaq->...ap", self.phm_weight, mixed)
