@@ -22,6 +22,8 @@ from pelt.methods.adapters import (
 )
 from pelt.methods.full import FullConfig
 from pelt.methods.hadamard import HadamardConfig, HadamardLinear
+from pelt.methods.ia3 import IA3Config
+from pelt.methods.lora import LoRAConfig
 
 __all__ = [
     "METHODS",
@@ -35,6 +37,8 @@ __all__ = [
     "FullConfig",
     "HadamardConfig",
     "HadamardLinear",
+    "IA3Config",
+    "LoRAConfig",
     "Injection",
     "Method",
     "MethodConfig",
