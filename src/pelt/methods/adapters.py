@@ -170,7 +170,6 @@ class AdaptedProjection(nn.Module):
 class BottleneckMethod(Method):
     """Inject one adapter per chosen site; subclasses say how D and U are built."""
 
-    mergeable = False
     default_learning_rate = 3e-4
 
     def make_shared(self, config: BottleneckConfig, factory: dict) -> SharedRule | None:

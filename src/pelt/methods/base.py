@@ -65,7 +65,6 @@ class Method:
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
-    mergeable: ClassVar[bool] = False
     # Train the task head alone first, then the method (the Hadamard paper's recipe).
     two_stage: ClassVar[bool] = False
     default_learning_rate: ClassVar[float] = 1e-3
@@ -74,11 +73,25 @@ class Method:
     def inject(self, model: nn.Module, config: MethodConfig, arch: ArchSpec) -> Injection:
         raise NotImplementedError
 
+    # Mergeable methods name the module type they inject; each such module has merge() and unmerge().
+    merge_module: ClassVar[type[nn.Module] | None] = None
+
+    @property
+    def mergeable(self) -> bool:
+        return self.merge_module is not None
+
     def merge(self, model: nn.Module) -> None:
-        raise PeltError(f"method '{self.name}' cannot be merged into the base weights")
+        for module in self._merge_modules(model):
+            module.merge()
 
     def unmerge(self, model: nn.Module) -> None:
-        raise PeltError(f"method '{self.name}' cannot be merged into the base weights")
+        for module in self._merge_modules(model):
+            module.unmerge()
+
+    def _merge_modules(self, model: nn.Module) -> list[nn.Module]:
+        if self.merge_module is None:
+            raise PeltError(f"method '{self.name}' cannot be merged into the base weights")
+        return [module for _, module in modules_of_type(model, self.merge_module)]
 
 
 METHODS: dict[str, Method] = {}

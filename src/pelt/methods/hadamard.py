@@ -20,7 +20,6 @@ from pelt.methods.base import (
     LayerSelection,
     Method,
     MethodConfig,
-    modules_of_type,
     option,
     register_method,
     replace_module,
@@ -111,7 +110,7 @@ class HadamardLinear(nn.Module):
 class Hadamard(Method):
     name = "hadamard"
     config_class = HadamardConfig
-    mergeable = True
+    merge_module = HadamardLinear
     two_stage = True
     default_learning_rate = 5e-3
     description = "element-wise W ⊙ A + b on each self-attention output (Chen et al., 2023)"
@@ -132,11 +131,3 @@ class Hadamard(Method):
                 norm_path = layer.site("attention_norm")
                 injection.unfrozen += [f"{norm_path}.{n}" for n, _ in model.get_submodule(norm_path).named_parameters()]
         return injection
-
-    def merge(self, model: nn.Module) -> None:
-        for _, module in modules_of_type(model, HadamardLinear):
-            module.merge()
-
-    def unmerge(self, model: nn.Module) -> None:
-        for _, module in modules_of_type(model, HadamardLinear):
-            module.unmerge()

@@ -23,7 +23,6 @@ from pelt.methods.base import (
     LayerSelection,
     Method,
     MethodConfig,
-    modules_of_type,
     option,
     register_method,
     replace_module,
@@ -98,7 +97,7 @@ class ScaledLinear(nn.Module):
 class IA3(Method):
     name = "ia3"
     config_class = IA3Config
-    mergeable = True
+    merge_module = ScaledLinear
     default_learning_rate = 3e-3
     description = "learned rescaling of keys, values and FFN activations (Liu et al., 2022)"
 
@@ -112,11 +111,3 @@ class IA3(Method):
             replace_module(model, path, ScaledLinear(linear, side))
             injection.added.append(f"{path}.ia3_scale")
         return injection
-
-    def merge(self, model: nn.Module) -> None:
-        for _, module in modules_of_type(model, ScaledLinear):
-            module.merge()
-
-    def unmerge(self, model: nn.Module) -> None:
-        for _, module in modules_of_type(model, ScaledLinear):
-            module.unmerge()

@@ -20,7 +20,6 @@ from pelt.methods.base import (
     LayerSelection,
     Method,
     MethodConfig,
-    modules_of_type,
     option,
     register_method,
     replace_module,
@@ -132,7 +131,7 @@ class LoRALinear(nn.Module):
 class LoRA(Method):
     name = "lora"
     config_class = LoRAConfig
-    mergeable = True
+    merge_module = LoRALinear
     default_learning_rate = 5e-4
     description = "low-rank updates (alpha/r)·BA of chosen projections (Hu et al., 2021)"
 
@@ -143,11 +142,3 @@ class LoRA(Method):
             replace_module(model, path, LoRALinear(linear, config.rank, config.alpha, config.dropout))
             injection.added += [f"{path}.lora_A", f"{path}.lora_B"]
         return injection
-
-    def merge(self, model: nn.Module) -> None:
-        for _, module in modules_of_type(model, LoRALinear):
-            module.merge()
-
-    def unmerge(self, model: nn.Module) -> None:
-        for _, module in modules_of_type(model, LoRALinear):
-            module.unmerge()
