@@ -216,6 +216,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--methods", type=lambda text: text.split(","), default=None,
                         help="comma-separated variants to (re)run (default: all; none: only rewrite the report)")
+    parser.add_argument("--tasks", type=lambda text: text.split(","), default=list(TASKS),
+                        help=f"comma-separated tasks to train on, in this order (default: {','.join(TASKS)})")
     parser.add_argument("--timing-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     unknown = sorted(set(args.methods or ()) - set(VARIANTS) - {"none"})
@@ -240,7 +242,9 @@ def main() -> None:
     if args.part in ("all", "training"):
         if not args.data_dir:
             sys.exit("pass --data-dir (a glue_data-style folder) or set PELT_DATA_DIR")
-        for task in TASKS:
+        for task in args.tasks:
+            if task not in TASKS:
+                parser.error(f"unknown task {task}; known: {', '.join(TASKS)}")
             for method, lr, extra, tasks in RUN_GRID:
                 if task in tasks and (args.methods is None or method in args.methods):
                     training[(task, method, lr)] = run_training(args.data_dir, task, method, lr, extra)

@@ -20,13 +20,13 @@ from pelt.methods.adapters import BottleneckConfig
 
 METHOD_NAMES = sorted(METHODS)
 # Methods whose injected modules leave the model unchanged at init (full FT trivially so).
-IDENTITY_AT_INIT = {"hadamard", "full", "lora", "ia3"}
+IDENTITY_AT_INIT = {"hadamard", "full", "lora", "ia3", "bitfit", "intrinsic-said"}
 CASES = [(m, f) for m in METHOD_NAMES for f in ALL_FAMILIES]
 # What fits the tiny models (hidden size 32, 3 layers per stack): the default bottleneck would be 32/32 = 1.
 TINY_OPTIONS = {
     name: {"bottleneck": 8, **({"drop_first": 1} if name == "adapterdrop" else {})}
     for name, method in METHODS.items() if issubclass(method.config_class, BottleneckConfig)
-}
+} | {"prompt-tuning": {"num_tokens": 4}, "intrinsic-said": {"dim": 64}}
 
 
 def adapted(method: str, family: str, seed: int = 0, **options) -> torch.nn.Module:

@@ -40,6 +40,7 @@ class StackSpec:
     layers: str  # path of the ModuleList, relative to the base model
     sites: LayerSites
     final_norm: str | None = None  # a LayerNorm after the last layer (pre-norm models), relative to base
+    entry: str = ""  # the module whose forward takes this stack's input_ids/attention_mask, relative to base
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ArchSpec:
     family: str
     stacks: tuple[StackSpec, ...]
     norm_position: Literal["post", "pre"]  # post: LN after the residual add (BERT); pre: LN before the sublayer (T5)
+    # Where input-side prompts go: encoder classifiers read their first token ([CLS]/<s>), so prompts follow it.
+    prompt_position: int = 0
 
 
 _BERT_LIKE_SITES = LayerSites(
@@ -68,7 +71,7 @@ _DEBERTA_SITES = dataclasses.replace(
 
 
 def _encoder_only(family: str, sites: LayerSites = _BERT_LIKE_SITES) -> ArchSpec:
-    return ArchSpec(family, (StackSpec("encoder", "encoder.layer", sites),), "post")
+    return ArchSpec(family, (StackSpec("encoder", "encoder.layer", sites),), "post", prompt_position=1)
 
 
 _T5 = ArchSpec(
@@ -88,6 +91,7 @@ _T5 = ArchSpec(
                 ffn_input="layer.1.DenseReluDense.wi",
             ),
             final_norm="encoder.final_layer_norm",
+            entry="encoder",
         ),
         StackSpec(
             "decoder",
@@ -105,6 +109,7 @@ _T5 = ArchSpec(
                 ffn_input="layer.2.DenseReluDense.wi",
             ),
             final_norm="decoder.final_layer_norm",
+            entry="decoder",
         ),
     ),
     "pre",

@@ -36,6 +36,14 @@ def _parse_int_list(text: str) -> list[int]:
     return sorted(values)
 
 
+def _parse_int_sequence(text: str) -> list[int]:
+    """'101,2054,2003' -> [101, 2054, 2003], order and repeats kept (token ids)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+
+
 def _add_method_options(parser: argparse.ArgumentParser, config_class: type) -> list[str]:
     """One flag per config field; returns the field names."""
     hints = typing.get_type_hints(config_class)
@@ -57,8 +65,12 @@ def _add_method_options(parser: argparse.ArgumentParser, config_class: type) -> 
             group.add_argument(flag, dest=f"m_{f.name}", type=lambda text: [t.strip() for t in text.split(",")],
                                default=None, metavar="A,B", help=f"{help_text} (default: {','.join(default or [])})")
         elif typing.get_origin(kind) is list:
-            group.add_argument(flag, dest=f"m_{f.name}", type=_parse_int_list, default=None, metavar="LIST",
-                               help=f"{help_text} (e.g. 8,9,10,11 or 8-11)")
+            if f.metadata.get("keep_order"):
+                group.add_argument(flag, dest=f"m_{f.name}", type=_parse_int_sequence, default=None,
+                                   metavar="I,J,K", help=help_text)
+            else:
+                group.add_argument(flag, dest=f"m_{f.name}", type=_parse_int_list, default=None, metavar="LIST",
+                                   help=f"{help_text} (e.g. 8,9,10,11 or 8-11)")
         elif typing.get_origin(kind) is typing.Literal:
             group.add_argument(flag, dest=f"m_{f.name}", choices=list(args), default=None,
                                help=f"{help_text} (default: {default})")

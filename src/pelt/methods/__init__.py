@@ -1,6 +1,6 @@
 """Every method module registers itself on import; importing this package fills the registry."""
 
-from pelt.methods import adapters, full, hadamard, ia3, lora  # noqa: F401  (registration side effect)
+from pelt.methods import adapters, bitfit, full, hadamard, ia3, intrinsic_said, lora, prompt  # noqa: F401  (registration side effect)
 from pelt.methods.base import (
     METHODS,
     Injection,
