@@ -46,6 +46,8 @@ VARIANTS: dict[str, tuple[str, dict[str, object]]] = {
     "ia3": ("ia3", {}),
 }
 METHODS = tuple(VARIANTS)
+# Timing only: the backbone frozen, only the task head (and pooler) trained: the reference for memory targets.
+FROZEN = "frozen (head only)"
 HADAMARD_HEAD = ["--head-epochs", "1", "--head-lr", "1e-2"]
 BOTH = ("sst2", "rte")
 RUN_GRID = [
@@ -104,8 +106,12 @@ def timing_worker(variant: str, steps: int, warmup: int) -> dict:
 
     torch.manual_seed(0)
     model, tokenizer = load_classifier(None, 2)
-    method, options = VARIANTS[variant]
-    pelt.apply_method(model, pelt.make_config(method, **options), train_pooler=True)
+    if variant == FROZEN:
+        pelt.apply_method(model, pelt.make_config("full"), train_pooler=True)
+        pelt.set_trainable(model, method=False, head=True)
+    else:
+        method, options = VARIANTS[variant]
+        pelt.apply_method(model, pelt.make_config(method, **options), train_pooler=True)
     model.train()
     batch = {
         "input_ids": torch.randint(1000, tokenizer.vocab_size, (32, 128)),
@@ -189,14 +195,16 @@ def write_report(training: dict[tuple[str, str, float], dict], timing: dict[str,
         "peak memory is the process's peak RSS over the timed steps (model, gradients, optimizer state, activations,",
         "and the runtime itself).",
         "",
-        "| method | ms/step | vs full FT | peak RSS (MB) | vs full FT |",
-        "|---|---|---|---|---|",
+        "| method | ms/step | vs full FT | peak RSS (MB) | vs full FT | vs frozen |",
+        "|---|---|---|---|---|---|",
     ]
-    full = timing.get("full", {})
-    for method, t in timing.items():
+    full, frozen = timing.get("full", {}), timing.get(FROZEN, {})
+    order = (FROZEN, *METHODS)
+    for method, t in sorted(timing.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         lines.append(
             f"| {method} | {t['ms_per_step']:.0f} | {ratio(t['ms_per_step'], full.get('ms_per_step'))} | "
-            f"{t['peak_memory_mb']:.0f} | {ratio(t['peak_memory_mb'], full.get('peak_memory_mb'))} |"
+            f"{t['peak_memory_mb']:.0f} | {ratio(t['peak_memory_mb'], full.get('peak_memory_mb'))} | "
+            f"{ratio(t['peak_memory_mb'], frozen.get('peak_memory_mb'))} |"
         )
     threads = next(iter(timing.values()))["threads"] if timing else "?"
     lines += ["", f"Machine: {os.cpu_count()} CPU cores, torch threads {threads}."]
@@ -220,7 +228,7 @@ def main() -> None:
                         help=f"comma-separated tasks to train on, in this order (default: {','.join(TASKS)})")
     parser.add_argument("--timing-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    unknown = sorted(set(args.methods or ()) - set(VARIANTS) - {"none"})
+    unknown = sorted(set(args.methods or ()) - set(VARIANTS) - {"none", FROZEN})
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -234,7 +242,7 @@ def main() -> None:
         (t, m, float(lr[2:])): r for key, r in previous.get("training", {}).items() for t, m, lr in [key.split("/")]
     }
     if args.part in ("all", "timing"):
-        for method in METHODS:
+        for method in (FROZEN, *METHODS):
             if args.methods is not None and method not in args.methods:
                 continue
             timing[method] = run_timing(method, args.steps, args.warmup)

@@ -310,17 +310,23 @@ def test_train_then_eval(capsys, tiny_model_dir, tiny_glue, tmp_path):
 @pytest.mark.parametrize("method,options", [
     ("compacter++", ["--bottleneck", "8", "--n", "4"]),
     ("adapter-lowrank", ["--bottleneck", "8", "--placement", "attention"]),
+    ("bitfit", []),
+    ("prompt-tuning", ["--num-tokens", "4", "--init", "vocab"]),
+    ("intrinsic-said", ["--dim", "64", "--projection-seed", "3"]),
 ])
 def test_train_then_eval_adapter_methods(capsys, tiny_model_dir, tiny_glue, tmp_path, method, options):
     """The adapter family through the whole CLI: joint recipe, options as flags, reload reproduces the metric."""
     out_dir = tmp_path / "out"
-    rc, out, err = run(capsys, *train_args(tiny_model_dir, tiny_glue, out_dir, "--method", method, *options))
+    rc, out, err = run(capsys, *train_args(tiny_model_dir, tiny_glue, out_dir, "--method", method, *options,
+                                           "--max-length", 32))  # room for a prompt in the tiny model's 64
     assert rc == 0, err
     results = json.loads((out_dir / "results.json").read_text())
     assert results["train_config"]["recipe"] == "joint"
     assert [h["stage"] for h in results["history"]] == ["method"]
     config = pelt.read_adapter_config(out_dir / "adapter")
-    assert config["method"] == method and config["method_config"]["bottleneck"] == 8
+    assert config["method"] == method
+    for flag, value in zip(options[::2], options[1::2]):
+        assert str(config["method_config"][flag[2:].replace("-", "_")]) == value
     rc, out, err = run(capsys, "eval", "--adapter", out_dir / "adapter", "--data-dir", tiny_glue, "--json")
     assert rc == 0, err
     assert json_document(out)["validation"]["accuracy"] == pytest.approx(
@@ -383,10 +389,13 @@ def test_train_pooler_is_saved_and_reloaded(capsys, tiny_model_dir, tiny_glue, t
         results["metrics"]["validation"]["accuracy"], abs=1e-6)
 
 
-@pytest.mark.parametrize("case", ["train-top-k", "eval-other-model"])
+@pytest.mark.parametrize("case", ["train-top-k", "eval-other-model", "prompt-longer-than-positions"])
 def test_error_after_loading_is_one_line(capsys, tiny_model_dir, other_model_dir, tiny_glue, tmp_path, case):
     if case == "train-top-k":
         argv = train_args(tiny_model_dir, tiny_glue, tmp_path / "out", "--top-k", 99)
+    elif case == "prompt-longer-than-positions":  # the tiny model has 64 positions; default max length 128
+        argv = train_args(tiny_model_dir, tiny_glue, tmp_path / "out", "--method", "prompt-tuning",
+                          "--num-tokens", "62")
     else:
         adapter = tmp_path / "adapter"
         model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)

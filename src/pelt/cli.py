@@ -135,7 +135,8 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
     ev.add_argument("--task", default=None, help="default: the task the adapter was trained on")
     ev.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
     ev.add_argument("--split", action="append", default=None, help="split(s) to evaluate (default: the task's dev)")
-    ev.add_argument("--max-length", type=int, default=128)
+    ev.add_argument("--max-length", type=int, default=None,
+                    help="default: the length the adapter was trained with (128 if it does not record one)")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
 

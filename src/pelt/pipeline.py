@@ -15,7 +15,7 @@ from transformers import set_seed
 
 from pelt.core import ParameterReport, apply_method, load_adapter, parameter_report, read_adapter_config
 from pelt.errors import PeltError
-from pelt.methods import MethodConfig
+from pelt.methods import MethodConfig, get_method
 from pelt.models import build_model_from_config, load_classifier, load_config, resolve_model
 from pelt.tasks import get_task, load_task_data
 from pelt.train import TrainConfig, evaluate_classifier, train_classifier
@@ -42,6 +42,7 @@ def finetune(
     set_seed(train_config.seed)
     base, tokenizer = load_classifier(model, spec.num_labels, label_names=list(spec.label_names or []) or None)
     apply_method(base, method, train_pooler=train_pooler)
+    get_method(method.method).check_input_length(base, train_config.max_length)
     report = parameter_report(base)
     if on_start:
         on_start(report)
@@ -62,11 +63,13 @@ def evaluate_adapter(
     data_dir: str | os.PathLike | None = None,
     model: str | None = None,
     splits: list[str] | None = None,
-    max_length: int = 128,
+    max_length: int | None = None,
     batch_size: int = 64,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of a saved adapter on a task's evaluation splits (task and base model default to the adapter's)."""
+    """Metrics of a saved adapter on a task's evaluation splits (task, base model and max length default to
+    the adapter's)."""
     config = read_adapter_config(adapter)
+    max_length = max_length or int(config.get("max_length", 128))
     task_name = task or config.get("task")
     if not task_name:
         raise PeltError(f"adapter {adapter} does not record its task; pass --task")
@@ -78,6 +81,7 @@ def evaluate_adapter(
         base_name = None  # saved on another machine: the bundled model lives elsewhere here
     base, tokenizer = load_classifier(base_name, spec.num_labels, label_names=list(spec.label_names or []) or None)
     load_adapter(base, adapter)
+    get_method(config["method"]).check_input_length(base, max_length)
     base.eval()
     wanted = splits or list(spec.eval_splits)
     data = load_task_data(spec, data_dir, splits=wanted)

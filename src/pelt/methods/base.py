@@ -73,6 +73,9 @@ class Method:
     def inject(self, model: nn.Module, config: MethodConfig, arch: ArchSpec) -> Injection:
         raise NotImplementedError
 
+    def check_input_length(self, model: nn.Module, max_length: int) -> None:
+        """Refuse, before any work, inputs of `max_length` tokens that the adapted model could not take."""
+
     # Mergeable methods name the module type they inject; each such module has merge() and unmerge().
     merge_module: ClassVar[type[nn.Module] | None] = None
 

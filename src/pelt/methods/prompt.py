@@ -21,7 +21,7 @@ from torch import nn
 
 from pelt.arch import ArchSpec, base_model_path, join
 from pelt.errors import PeltError
-from pelt.methods.base import Injection, Method, MethodConfig, option, register_method
+from pelt.methods.base import Injection, Method, MethodConfig, modules_of_type, option, register_method
 
 INITS = ("random", "vocab")
 _SPECIAL_TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",
@@ -191,3 +191,12 @@ class PromptTuning(Method):
         for _, later in entries[1:]:
             later.register_forward_pre_hook(prompt.extend_cross_attention_mask, with_kwargs=True)
         return Injection(added=[join(entry_path, "prompt_tuning.weight")])
+
+    def check_input_length(self, model: nn.Module, max_length: int) -> None:
+        for _, prompt in modules_of_type(model, PromptEmbedding):
+            limit, p = prompt.max_positions, prompt.num_tokens
+            if limit is not None and max_length + p > limit:
+                raise PeltError(
+                    f"max length {max_length} + {p} prompt tokens exceed this model's {limit} positions; "
+                    f"use --max-length {limit - p} or fewer prompt tokens"
+                )

@@ -176,7 +176,8 @@ def train_classifier(
         for split in eval_splits:
             encoded[split] = encoded[split].select(range(min(config.max_eval_samples, len(encoded[split]))))
     metric_key = f"eval_{task.main_metric}"
-    metadata = {"task": task.name, "label_names": list(task.label_names or []), **(run_info or {})}
+    metadata = {"task": task.name, "label_names": list(task.label_names or []), "max_length": config.max_length,
+                **(run_info or {})}
     callback = _CheckpointCallback(model, output_dir, metric_key, metadata)
     collator = DataCollatorWithPadding(tokenizer)
 
