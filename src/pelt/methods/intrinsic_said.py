@@ -136,7 +136,8 @@ class SubspaceDelta(nn.Module):
 
 
 def _projected_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """Every backbone parameter except the pooler and the output embeddings (kept as the papers keep them)."""
+    """Every backbone parameter except the pooler (trained as head or kept) and an untied LM head (frozen, as the
+    Compacter paper keeps the output layer)."""
     prefix = base_model_path(model)
     backbone = model.get_submodule(prefix) if prefix else model
     excluded: set[int] = set()
@@ -170,11 +171,7 @@ class IntrinsicSAID(Method):
         backbone.intrinsic_said = subspace
         index_of = {id(p): i for i, (_, p) in enumerate(targets)}
         holders: dict[int, list[tuple[nn.Module, str]]] = {}  # every module that holds each projected tensor
-        seen: set[int] = set()
-        for _, module in model.named_modules(remove_duplicate=False):
-            if id(module) in seen:
-                continue
-            seen.add(id(module))
+        for module in model.modules():
             for attribute, param in module._parameters.items():
                 if param is not None and id(param) in index_of:
                     holders.setdefault(index_of[id(param)], []).append((module, attribute))
