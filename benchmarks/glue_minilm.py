@@ -207,11 +207,21 @@ def write_report(training: dict[tuple[str, str, float], dict], timing: dict[str,
     full, frozen = timing.get("full", {}), timing.get(FROZEN, {})
     order = (FROZEN, *METHODS)
     for method, t in sorted(timing.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        if t.get("shared_cpu"):  # timed while another run used the cores: the time is not comparable
+            lines.append(
+                f"| {method} | ({t['ms_per_step']:.0f}†) | – | "
+                f"{t['peak_memory_mb']:.0f} | {ratio(t['peak_memory_mb'], full.get('peak_memory_mb'))} | "
+                f"{ratio(t['peak_memory_mb'], frozen.get('peak_memory_mb'))} |"
+            )
+            continue
         lines.append(
             f"| {method} | {t['ms_per_step']:.0f} | {ratio(t['ms_per_step'], full.get('ms_per_step'))} | "
             f"{t['peak_memory_mb']:.0f} | {ratio(t['peak_memory_mb'], full.get('peak_memory_mb'))} | "
             f"{ratio(t['peak_memory_mb'], frozen.get('peak_memory_mb'))} |"
         )
+    if any(t.get("shared_cpu") for t in timing.values()):
+        lines += ["", "† timed while a training run shared the two cores: peak memory is valid, the time is not "
+                  "comparable (the dev-score table's training ms/step, from runs made one after another, is)."]
     threads = next(iter(timing.values()))["threads"] if timing else "?"
     lines += ["", f"Machine: {os.cpu_count()} CPU cores, torch threads {threads}."]
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -225,16 +235,17 @@ def write_report(training: dict[tuple[str, str, float], dict], timing: dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
-    parser.add_argument("--part", choices=["all", "timing", "training"], default="all")
+    parser.add_argument("--part", choices=["all", "timing", "training", "report"], default="all",
+                        help="report: rewrite the tables from the finished runs, training nothing")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--methods", type=lambda text: text.split(","), default=None,
-                        help="comma-separated variants to (re)run (default: all; none: only rewrite the report)")
+                        help="comma-separated variants to (re)run (default: all)")
     parser.add_argument("--tasks", type=lambda text: text.split(","), default=list(TASKS),
                         help=f"comma-separated tasks to train on, in this order (default: {','.join(TASKS)})")
     parser.add_argument("--timing-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    unknown = sorted(set(args.methods or ()) - set(VARIANTS) - {"none", FROZEN})
+    unknown = sorted(set(args.methods or ()) - set(VARIANTS) - {FROZEN})
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -247,6 +258,12 @@ def main() -> None:
     training = {
         (t, m, float(lr[2:])): r for key, r in previous.get("training", {}).items() for t, m, lr in [key.split("/")]
     }
+    if args.part == "report":
+        for task in TASKS:
+            for variant, lr, _, tasks in RUN_GRID:
+                results_file = RUNS / f"{task}-{variant}-lr{lr:g}" / "results.json"
+                if task in tasks and results_file.exists():
+                    training[(task, variant, lr)] = json.loads(results_file.read_text())
     if args.part in ("all", "timing"):
         for method in (FROZEN, *METHODS):
             if args.methods is not None and method not in args.methods:
