@@ -1,6 +1,15 @@
 """Every method module registers itself on import; importing this package fills the registry."""
 
-from pelt.methods import adapters, bitfit, full, hadamard, ia3, intrinsic_said, lora, prompt  # noqa: F401  (registration side effect)
+from pelt.methods import (  # noqa: F401  (registration side effect)
+    adapters,
+    bitfit,
+    full,
+    hadamard,
+    ia3,
+    intrinsic_said,
+    lora,
+    prompt,
+)
 from pelt.methods.base import (
     METHODS,
     Injection,
@@ -22,8 +31,11 @@ from pelt.methods.adapters import (
 )
 from pelt.methods.full import FullConfig
 from pelt.methods.hadamard import HadamardConfig, HadamardLinear
+from pelt.methods.bitfit import BitFitConfig
 from pelt.methods.ia3 import IA3Config
+from pelt.methods.intrinsic_said import IntrinsicSAIDConfig
 from pelt.methods.lora import LoRAConfig
+from pelt.methods.prompt import PromptTuningConfig
 
 __all__ = [
     "METHODS",
@@ -37,8 +49,11 @@ __all__ = [
     "FullConfig",
     "HadamardConfig",
     "HadamardLinear",
+    "BitFitConfig",
     "IA3Config",
+    "IntrinsicSAIDConfig",
     "LoRAConfig",
+    "PromptTuningConfig",
     "Injection",
     "Method",
     "MethodConfig",
