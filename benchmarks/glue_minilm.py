@@ -7,7 +7,7 @@ Two parts, each run in its own process per method so the memory figures are clea
   evaluated on the dev sets; finished runs are skipped, so an interrupted benchmark resumes where it stopped;
 - step timing: forward + backward + optimizer step at a fixed batch 32 × length 128 (the same shape for every
   method), median over timed steps after warm-up, with the peak RSS over those steps.
-Writes benchmarks/results/minilm_glue.md (and .json).
+Writes benchmarks/results/minilm_glue.md (and .json); `--part report` rewrites them from the finished runs.
 """
 
 from __future__ import annotations
@@ -241,6 +241,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--methods", type=lambda text: text.split(","), default=None,
                         help="comma-separated variants to (re)run (default: all)")
+    parser.add_argument("--shared-cpu", action="store_true",
+                        help="timing while other work uses the cores: keep the memory, mark the times not comparable")
     parser.add_argument("--tasks", type=lambda text: text.split(","), default=list(TASKS),
                         help=f"comma-separated tasks to train on, in this order (default: {','.join(TASKS)})")
     parser.add_argument("--timing-worker", default=None, help=argparse.SUPPRESS)
@@ -269,6 +271,8 @@ def main() -> None:
             if args.methods is not None and method not in args.methods:
                 continue
             timing[method] = run_timing(method, args.steps, args.warmup)
+            if args.shared_cpu:
+                timing[method]["shared_cpu"] = True
             print(f"[timing] {timing[method]}", flush=True)
     if args.part in ("all", "training"):
         if not args.data_dir:

@@ -12,6 +12,7 @@ are special or unused tokens), or of the token ids given in `init_token_ids`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,12 +56,17 @@ class PromptTuningConfig(MethodConfig):
                 raise PeltError(f"init_token_ids must be a non-empty list of token ids >= 0, got {self.init_token_ids}")
 
 
+@functools.lru_cache(maxsize=None)
+def _positional_names(module_type: type) -> tuple[str, ...]:
+    parameters = list(inspect.signature(module_type.forward).parameters.values())[1:]  # without self
+    return tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
 def _as_kwargs(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     """A forward call's arguments all by name, so a hook can replace input_ids by inputs_embeds."""
     if not args:
         return dict(kwargs)
-    names = [n for n, p in inspect.signature(module.forward).parameters.items()
-             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    names = _positional_names(type(module))
     if len(args) > len(names):
         raise PeltError(f"prompt tuning cannot map {len(args)} positional arguments of {type(module).__name__}")
     return {**dict(zip(names, args)), **kwargs}
