@@ -79,7 +79,8 @@ TASKS = {"sst2": 8000, "rte": None}  # task: train subsample (None = full train 
 def variant_flags(variant: str) -> list[str]:
     method, options = VARIANTS[variant]
     return ["--method", method, *[x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", str(v))]]
-COMMON = ["--epochs", "3", "--batch-size", "32", "--max-length", "128", "--seed", "42", "--train-pooler"]
+COMMON = ["--epochs", "3", "--batch-size", "32", "--max-length", "128", "--warmup-ratio", "0.06", "--seed", "42",
+          "--train-pooler"]
 
 
 def run_training(data_dir: str, task: str, variant: str, lr: float, extra: list[str]) -> dict:

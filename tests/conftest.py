@@ -120,3 +120,60 @@ def tiny_model_dir(tmp_path: Path, tokenizer: BertTokenizerFast) -> Path:
 @pytest.fixture
 def tiny_glue(tmp_path: Path) -> Path:
     return write_sst2(tmp_path / "glue", separable_rows(32), separable_rows(16, seed=1))
+
+
+# ---- text to text: a word-level T5 tokenizer whose vocabulary holds every label string --------------------------
+
+T5_LABEL_WORDS = ["entailment", "not_entailment", "neutral", "contradiction", "True", "False", "choice1", "choice2",
+                  "positive", "negative", "acceptable", "unacceptable", "equivalent", "not_equivalent", "duplicate",
+                  "not_duplicate", "0", "1", "2"] + [f"{i / 5:.1f}" for i in range(26)]
+T5_VOCAB = ["<pad>", "</s>", "<unk>"] + T5_LABEL_WORDS + [f"w{i}" for i in range(50)]
+
+
+def t5_tokenizer():
+    """T5's conventions (pad 0, </s> 1 appended to every sequence) on whitespace-separated words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(T5_VOCAB)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = T5Config(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2,
+                      vocab_size=len(T5_VOCAB), decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return T5ForConditionalGeneration(config).eval()
+
+
+@pytest.fixture
+def tiny_t5_dir(tmp_path: Path) -> Path:
+    """A saved tiny T5 + word-level tokenizer: what `pelt train --model DIR` loads for text to text."""
+    folder = tmp_path / "tiny-t5"
+    tiny_t5().save_pretrained(folder)
+    t5_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def write_jsonl(folder: Path, rows_by_split: dict[str, list[dict]]) -> Path:
+    """Official SuperGLUE files: <folder>/train.jsonl, val.jsonl."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in rows_by_split.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def cb_rows(n: int, seed: int = 0) -> list[dict]:
+    """CB-format rows whose label is carried by the first word of the premise (w0/w1/w2)."""
+    g = torch.Generator().manual_seed(seed)
+    names = ["entailment", "contradiction", "neutral"]
+    rows = []
+    for i in range(n):
+        label = i % 3
+        words = " ".join(f"w{w}" for w in torch.randint(10, 50, (4,), generator=g).tolist())
+        rows.append({"premise": f"w{label} {words}", "hypothesis": words, "label": names[label], "idx": i})
+    return rows

@@ -255,8 +255,9 @@ def rows(dataset: datasets.Dataset) -> list[dict]:
 # Task specs
 
 
-def test_list_tasks_is_the_nine_glue_tasks() -> None:
-    assert list_tasks() == ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
+def test_list_tasks_is_the_nine_glue_tasks_then_superglue() -> None:
+    assert list_tasks()[9:] == ["boolq", "cb", "copa", "multirc", "record", "wic", "superglue-rte"]
+    assert list_tasks("glue") == ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"]
 
 
 @pytest.mark.parametrize(

@@ -107,8 +107,10 @@ def test_every_task_reports_exactly_its_declared_metrics() -> None:
         spec = get_task(name)
         if spec.is_regression:
             result = compute_metrics(spec, [0.5, 1.0, 3.0], [0.0, 2.0, 3.5])
+        elif spec.kind == "entity_ranking":
+            result = compute_metrics(spec, ["a b", "c"], [["a b"], ["d", "e"]])
         else:
-            result = compute_metrics(spec, [0, 1, 1, 0], [0, 1, 0, 1])
+            result = compute_metrics(spec, [0, 1, 1, 0], [0, 1, 0, 1], groups=[0, 0, 1, 1])
         assert tuple(result) == spec.metrics, name
         assert spec.main_metric in result
 
@@ -128,7 +130,7 @@ def test_integral_float_class_ids_are_accepted() -> None:
         ("rte", [0, 2], [0, 1], "class id 2 outside 0..1"),
         ("mnli", [0, 1], [0, -1], "labels contain class id -1"),
         ("sst2", [0.3, 0.7], [0, 1], "integer class ids"),
-        ("stsb", [1.0, float("nan")], [1.0, 2.0], "NaN"),
+        ("stsb", [1.0, float("inf")], [1.0, 2.0], "infinite"),
     ],
 )
 def test_bad_inputs(task: str, pred, gold, match: str) -> None:

@@ -90,6 +90,15 @@ def _method_config(args: argparse.Namespace, method_name: str) -> Any:
     return config_class.from_dict(options)
 
 
+def _split_args(parser: argparse.ArgumentParser, *, default: str | None) -> None:
+    parser.add_argument("--split-protocol", choices=["standard", "compacter"], default=default,
+                        help="standard: train / official dev; compacter: the Compacter paper's validation and test "
+                             "splits (dev halved on small tasks, 1,000 training examples for validation on large "
+                             "ones)" + (" (default: the adapter's)" if default is None else ""))
+    parser.add_argument("--split-seed", type=int, default=None if default is None else 42,
+                        help="seed of the split protocol's shuffle (default 42)")
+
+
 def _common_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="local folder or hub name of the base model (default: the bundled all-MiniLM-L6-v2)")
@@ -104,21 +113,32 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fine-tune a model with a method on a task")
     _common_model_args(train)
     train.add_argument("--method", default="hadamard", help=f"one of {', '.join(list_methods())} (default: hadamard)")
-    train.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli")
+    train.add_argument("--task", required=True,
+                       help="GLUE: cola sst2 mrpc qqp stsb mnli qnli rte wnli; SuperGLUE: boolq cb copa multirc record "
+                            "wic superglue-rte")
     train.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"),
-                       help="glue_data-style folder (holding SST-2/ ...) or a task folder; default $PELT_DATA_DIR, "
-                            "else the hub (nyu-mll/glue)")
+                       help="a glue_data-style or SuperGLUE folder (holding SST-2/, CB/, ...), a data root holding "
+                            "glue/ and superglue/, or a task folder; default $PELT_DATA_DIR, else the hub")
     train.add_argument("--output-dir", required=True, help="where the adapter, checkpoints and results.json go")
-    train.add_argument("--epochs", type=float, default=3.0)
+    protocol = " (default: the task's protocol value, see `pelt tasks`)"
+    train.add_argument("--epochs", type=float, default=None, help="training epochs" + protocol)
     train.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
-    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--batch-size", type=int, default=None, help="training batch size" + protocol)
     train.add_argument("--eval-batch-size", type=int, default=64)
-    train.add_argument("--max-length", type=int, default=128)
+    train.add_argument("--max-length", type=int, default=None, help="maximum input tokens" + protocol)
     train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--warmup-ratio", type=float, default=0.06)
+    warmup = train.add_mutually_exclusive_group()
+    warmup.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps" + protocol)
+    warmup.add_argument("--warmup-ratio", type=float, default=None, help="warm-up as a fraction of the steps")
     train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--max-train-samples", type=int, default=None, help="seeded subsample of the train set")
+    train.add_argument("--max-train-samples", type=int, default=None,
+                       help="seeded subsample of the train set (MultiRC: questions)")
     train.add_argument("--max-eval-samples", type=int, default=None)
+    _split_args(train, default="standard")
+    train.add_argument("--target-style", choices=["names", "ids"], default="names",
+                       help="T5 targets: label names (T5's convention) or ids '0', '1' (the Compacter code's)")
+    train.add_argument("--no-task-prefix", dest="task_prefix", action="store_false",
+                       help="T5 inputs without the task name in front")
     train.add_argument("--recipe", choices=["auto", "two-stage", "joint"], default="auto",
                        help="two-stage: head alone first, then the method (default for hadamard)")
     train.add_argument("--head-epochs", type=float, default=1.0, help="epochs of stage (a), the head alone")
@@ -134,7 +154,9 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
     _common_model_args(ev)
     ev.add_argument("--task", default=None, help="default: the task the adapter was trained on")
     ev.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
-    ev.add_argument("--split", action="append", default=None, help="split(s) to evaluate (default: the task's dev)")
+    ev.add_argument("--split", action="append", default=None,
+                    help="split(s) to evaluate (default: the evaluation splits of the split protocol)")
+    _split_args(ev, default=None)
     ev.add_argument("--max-length", type=int, default=None,
                     help="default: the length the adapter was trained with (128 if it does not record one)")
     ev.add_argument("--batch-size", type=int, default=64)
@@ -150,6 +172,12 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
         _add_method_options(params, get_method(method_name).config_class)
 
     sub.add_parser("methods", help="list the available methods")
+
+    tasks = sub.add_parser("tasks", help="list the tasks with their metrics and protocol defaults")
+    tasks.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"),
+                       help="also load each task found there and print its split sizes")
+    _split_args(tasks, default="standard")
+    tasks.add_argument("--task", action="append", default=None, help="only these tasks")
     return parser
 
 
@@ -171,17 +199,22 @@ def _train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         output_dir=args.output_dir, epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size, max_length=args.max_length, weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio, seed=args.seed, recipe=args.recipe, head_epochs=args.head_epochs,
-        head_learning_rate=args.head_lr, max_eval_samples=args.max_eval_samples,
+        warmup_ratio=args.warmup_ratio, warmup_steps=args.warmup_steps, seed=args.seed, recipe=args.recipe,
+        head_epochs=args.head_epochs, head_learning_rate=args.head_lr, max_eval_samples=args.max_eval_samples,
+        target_style=args.target_style, task_prefix=args.task_prefix,
     )
 
-    def show(report: Any) -> None:
+    def show(report: Any, resolved: TrainConfig) -> None:
         print(f"trainable parameters ({report.method}):\n{report.table()}\n", flush=True)
+        warmup = f"{resolved.warmup_ratio:g} of the steps" if resolved.warmup_ratio is not None \
+            else f"{resolved.warmup_steps} steps"
+        print(f"epochs {resolved.epochs:g}, batch {resolved.batch_size}, max length {resolved.max_length}, "
+              f"warm-up {warmup}, split protocol {args.split_protocol}\n", flush=True)
 
     try:
         results = finetune(args.task, method, config, model=args.model, data_dir=args.data_dir,
                            max_train_samples=args.max_train_samples, train_pooler=args.train_pooler,
-                           on_start=show)
+                           split_protocol=args.split_protocol, split_seed=args.split_seed, on_start=show)
     except KeyboardInterrupt:
         print(f"\ninterrupted; the last completed checkpoint (if any) is in {args.output_dir}", file=sys.stderr)
         raise
@@ -198,7 +231,8 @@ def _eval(args: argparse.Namespace) -> None:
     from pelt.pipeline import evaluate_adapter
 
     metrics = evaluate_adapter(args.adapter, task=args.task, data_dir=args.data_dir, model=args.model,
-                               splits=args.split, max_length=args.max_length, batch_size=args.batch_size)
+                               splits=args.split, max_length=args.max_length, batch_size=args.batch_size,
+                               split_protocol=args.split_protocol, split_seed=args.split_seed)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return
@@ -221,13 +255,34 @@ def _methods(_: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {METHODS[name].description}")
 
 
+def _tasks(args: argparse.Namespace) -> None:
+    from pelt.tasks import get_task, list_tasks, load_splits, protocol_defaults
+
+    names = [get_task(t).name for t in args.task] if args.task else list_tasks()
+    print(f"{'task':<14} {'benchmark':<9} {'main metric':<21} {'epochs':>6} {'batch':>5} {'length':>6} "
+          f"{'warm-up':>7}" + ("  rows (" + args.split_protocol + " splits)" if args.data_dir else ""))
+    for name in names:
+        spec, defaults = get_task(name), protocol_defaults(name)
+        line = (f"{name:<14} {spec.benchmark:<9} {spec.main_metric:<21} {defaults['epochs']:>6} "
+                f"{defaults['batch_size']:>5} {defaults['max_length']:>6} {defaults['warmup_steps']:>7}")
+        if args.data_dir:
+            try:
+                data = load_splits(name, args.data_dir, protocol=args.split_protocol, split_seed=args.split_seed)
+                line += "  " + ", ".join(f"{split} {len(rows):,}" for split, rows in data.items())
+            except PeltError as e:
+                if args.task:
+                    raise
+                line += f"  (not loaded: {str(e)[:70]}...)"
+        print(line, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         parser = _build_parser(_method_from_argv(argv))
         args = parser.parse_args(argv)
-        {"train": _train, "eval": _eval, "params": _params, "methods": _methods}[args.command](args)
+        {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks}[args.command](args)
     except PeltError as e:
         print(f"pelt: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForMultipleChoice,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
@@ -122,21 +124,35 @@ def build_model_from_config(config: PretrainedConfig, *, device: str | torch.dev
 
 
 def load_classifier(
-    name: str | os.PathLike | None, num_labels: int, *, label_names: list[str] | None = None
+    name: str | os.PathLike | None, num_labels: int, *, label_names: list[str] | None = None,
+    kind: str = "sequence-classification",
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """A pretrained encoder with a fresh classification head (num_labels=1 is regression), and its tokenizer."""
+    """A pretrained model with a fresh task head, and its tokenizer.
+
+    `kind`: "sequence-classification" (num_labels=1 is regression), "multiple-choice" (one score per choice)
+    or "text-to-text" (an encoder-decoder LM as it is: no new head).
+    """
     resolved = resolve_model(name)
-    config = load_config(resolved, num_labels=num_labels)
+    config = load_config(resolved) if kind == "text-to-text" else load_config(resolved, num_labels=num_labels)
     get_arch(config)  # fail on an unsupported family before loading any weights
-    if label_names:
-        config.id2label = dict(enumerate(label_names))
-        config.label2id = {label: i for i, label in enumerate(label_names)}
-    config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+    if kind == "text-to-text" and not is_seq2seq(config):
+        raise PeltError(f"{resolved} is not an encoder-decoder model; text-to-text training needs T5 or mT5")
+    if kind != "text-to-text":
+        if is_seq2seq(config):
+            raise PeltError(f"{resolved} is an encoder-decoder model; pelt trains it text to text")
+        if label_names:
+            config.id2label = dict(enumerate(label_names))
+            config.label2id = {label: i for i, label in enumerate(label_names)}
+        config.problem_type = "regression" if num_labels == 1 and kind == "sequence-classification" \
+            else "single_label_classification"
+    auto = {"sequence-classification": AutoModelForSequenceClassification,
+            "multiple-choice": AutoModelForMultipleChoice, "text-to-text": AutoModelForSeq2SeqLM}[kind]
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected: the head is new
     hf_logging.disable_progress_bar()  # keep stderr to pelt's own lines
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(resolved, config=config)
+        # A checkpoint's own task head (another label count, or a single-score head) is replaced, not an error.
+        model = auto.from_pretrained(resolved, config=config, ignore_mismatched_sizes=kind != "text-to-text")
         tokenizer = AutoTokenizer.from_pretrained(resolved)
     except (OSError, ValueError) as e:
         raise PeltError(_not_found(resolved, e)) from None

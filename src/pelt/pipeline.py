@@ -11,14 +11,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import set_seed
 
 from pelt.core import ParameterReport, apply_method, load_adapter, parameter_report, read_adapter_config
 from pelt.errors import PeltError
 from pelt.methods import MethodConfig, get_method
-from pelt.models import build_model_from_config, load_classifier, load_config, resolve_model
-from pelt.tasks import get_task, load_task_data
-from pelt.train import TrainConfig, evaluate_classifier, train_classifier
+from pelt.models import build_model_from_config, is_seq2seq, load_classifier, load_config, resolve_model
+from pelt.tasks import TaskSpec, get_task, load_splits, protocol_splits
+from pelt.tasks.data import SplitProtocol
+from pelt.train import TrainConfig, evaluate_model, formulation_for, train_model
+
+
+def _model_kind(spec: TaskSpec, model: str | None) -> str:
+    if is_seq2seq(load_config(model)):
+        return "text-to-text"
+    return "multiple-choice" if spec.kind == "multiple_choice" else "sequence-classification"
+
+
+def _load(spec: TaskSpec, model: str | None, kind: str) -> tuple[nn.Module, Any]:
+    return load_classifier(model, spec.num_labels, label_names=list(spec.label_names or []) or None, kind=kind)
 
 
 def finetune(
@@ -30,30 +42,41 @@ def finetune(
     data_dir: str | os.PathLike | None = None,
     max_train_samples: int | None = None,
     train_pooler: bool = False,
+    split_protocol: SplitProtocol = "standard",
+    split_seed: int = 42,
     on_start: Any = None,
 ) -> dict[str, Any]:
     """Load a base model, apply `method`, train on `task`, and return the results (also in results.json).
 
-    `on_start(report)` is called with the parameter report before training starts (the CLI prints it).
+    Encoders train the task's encoder formulation, T5 text to text. Unset hyper-parameters of `train_config`
+    take the task's protocol defaults. `on_start(report, config)` is called with the parameter report and the
+    resolved configuration before training starts (the CLI prints them).
     """
-    train_config.validate()
     spec = get_task(task)
-    data = load_task_data(spec, data_dir, max_train_samples=max_train_samples, seed=train_config.seed)
+    train_config = train_config.for_task(spec)
+    kind = _model_kind(spec, model)
+    data = load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,
+                       max_train_samples=max_train_samples, seed=train_config.seed)
     set_seed(train_config.seed)
-    base, tokenizer = load_classifier(model, spec.num_labels, label_names=list(spec.label_names or []) or None)
+    base, tokenizer = _load(spec, model, kind)
     apply_method(base, method, train_pooler=train_pooler)
     get_method(method.method).check_input_length(base, train_config.max_length)
+    formulation = formulation_for(spec, base.config, tokenizer, train_config.max_length,
+                                  target_style=train_config.target_style, task_prefix=train_config.task_prefix)
     report = parameter_report(base)
     if on_start:
-        on_start(report)
+        on_start(report, train_config)
     run_info = {
         "model": resolve_model(model) if model is None else str(model),
         "model_label": "all-MiniLM-L6-v2 (bundled)" if model is None else str(model),
         "data_dir": str(data_dir) if data_dir else "hub",
+        "split_protocol": split_protocol,
+        "split_seed": split_seed,
+        "max_train_samples": max_train_samples,
         "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
         "torch_threads": torch.get_num_threads(),
     }
-    return train_classifier(base, tokenizer, spec, data, train_config, run_info=run_info)
+    return train_model(base, formulation, data, train_config, run_info=run_info)
 
 
 def evaluate_adapter(
@@ -65,9 +88,11 @@ def evaluate_adapter(
     splits: list[str] | None = None,
     max_length: int | None = None,
     batch_size: int = 64,
+    split_protocol: SplitProtocol | None = None,
+    split_seed: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of a saved adapter on a task's evaluation splits (task, base model and max length default to
-    the adapter's)."""
+    """Metrics of a saved adapter on a task's evaluation splits. Task, base model, max length, split protocol and
+    text-to-text format default to the ones the adapter was trained with."""
     config = read_adapter_config(adapter)
     max_length = max_length or int(config.get("max_length", 128))
     task_name = task or config.get("task")
@@ -79,13 +104,19 @@ def evaluate_adapter(
         raise PeltError(f"adapter {adapter} does not record its base model; pass --model")
     if model is None and not Path(base_name).exists() and config.get("model_label", "").endswith("(bundled)"):
         base_name = None  # saved on another machine: the bundled model lives elsewhere here
-    base, tokenizer = load_classifier(base_name, spec.num_labels, label_names=list(spec.label_names or []) or None)
+    protocol = split_protocol or config.get("split_protocol", "standard")
+    seed = config.get("split_seed", 42) if split_seed is None else split_seed
+    kind = _model_kind(spec, base_name)
+    base, tokenizer = _load(spec, base_name, kind)
     load_adapter(base, adapter)
     get_method(config["method"]).check_input_length(base, max_length)
     base.eval()
-    wanted = splits or list(spec.eval_splits)
-    data = load_task_data(spec, data_dir, splits=wanted)
-    return evaluate_classifier(base, tokenizer, spec, data, max_length, batch_size)
+    formulation = formulation_for(spec, base.config, tokenizer, max_length,
+                                  target_style=config.get("target_style", "names"),
+                                  task_prefix=config.get("task_prefix", True))
+    wanted = splits or [s for s in protocol_splits(spec, protocol) if s != "train"]
+    data = load_splits(spec, data_dir, protocol=protocol, split_seed=seed, splits=wanted)
+    return evaluate_model(base, formulation, data, batch_size)
 
 
 def count_parameters_for(

@@ -19,83 +19,16 @@ from pathlib import Path
 import datasets
 
 from pelt.errors import PeltError
+from pelt.tasks.spec import _BY_KEY, TaskSpec, _normalize, get_task, list_tasks, official_splits, resolve_splits
 
-__all__ = ["TaskSpec", "get_task", "list_tasks", "load_task_data"]
+__all__ = ["TaskSpec", "get_task", "list_tasks", "load_glue"]
 
 HUB_DATASET = "nyu-mll/glue"
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """Everything the rest of pelt needs to know about one GLUE task."""
-
-    name: str
-    folder: str
-    text_fields: tuple[str, ...]
-    label_names: tuple[str, ...] | None
-    metrics: tuple[str, ...]
-    main_metric: str
-    eval_splits: tuple[str, ...] = ("validation",)
-
-    @property
-    def num_labels(self) -> int:
-        """Size of the classifier head: one output for regression."""
-        return 1 if self.label_names is None else len(self.label_names)
-
-    @property
-    def is_regression(self) -> bool:
-        """True for STS-B, whose label is a float similarity score."""
-        return self.label_names is None
-
-
-_ACC = ("accuracy",)
-_ACC_F1 = ("accuracy", "f1", "combined")
-
-_TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec("cola", "CoLA", ("sentence",), ("unacceptable", "acceptable"),
-                 ("matthews_correlation",), "matthews_correlation"),
-        TaskSpec("sst2", "SST-2", ("sentence",), ("negative", "positive"), _ACC, "accuracy"),
-        TaskSpec("mrpc", "MRPC", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"),
-                 _ACC_F1, "combined"),
-        TaskSpec("qqp", "QQP", ("question1", "question2"), ("not_duplicate", "duplicate"),
-                 _ACC_F1, "combined"),
-        TaskSpec("stsb", "STS-B", ("sentence1", "sentence2"), None,
-                 ("pearson", "spearmanr", "combined"), "combined"),
-        TaskSpec("mnli", "MNLI", ("premise", "hypothesis"),
-                 ("entailment", "neutral", "contradiction"), _ACC, "accuracy",
-                 ("validation_matched", "validation_mismatched")),
-        TaskSpec("qnli", "QNLI", ("question", "sentence"), ("entailment", "not_entailment"),
-                 _ACC, "accuracy"),
-        TaskSpec("rte", "RTE", ("sentence1", "sentence2"), ("entailment", "not_entailment"),
-                 _ACC, "accuracy"),
-        TaskSpec("wnli", "WNLI", ("sentence1", "sentence2"), ("not_entailment", "entailment"),
-                 _ACC, "accuracy"),
-    )
-}
-
-
-def _normalize(name: str) -> str:
-    """Lower-case and drop punctuation so "SST-2", "sst2" and "Sst_2" all compare equal."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def list_tasks() -> list[str]:
-    """Canonical task names, in the usual GLUE order."""
-    return list(_TASKS)
-
-
-def get_task(name: str | TaskSpec) -> TaskSpec:
-    """Look a task up by name, ignoring case and punctuation ("STS-B" == "stsb")."""
-    if isinstance(name, TaskSpec):
-        return name
-    if not isinstance(name, str):
-        raise PeltError(f"task name must be a string, got {type(name).__name__}")
-    spec = _TASKS.get(_normalize(name))
-    if spec is None:
-        raise PeltError(f"unknown task {name!r}; known tasks: {', '.join(_TASKS)}")
-    return spec
+def _glue_spec(name: str) -> TaskSpec | None:
+    spec = _BY_KEY.get(_normalize(name))
+    return spec if spec is not None and spec.benchmark == "glue" else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,44 +66,6 @@ _SPLIT_FILES: dict[str, str] = {
     "validation_mismatched": "dev_mismatched.tsv",
 }
 
-def _task_splits(spec: TaskSpec) -> tuple[str, ...]:
-    return ("train",) + spec.eval_splits
-
-
-def _resolve_splits(spec: TaskSpec, splits: Sequence[str] | None) -> list[str]:
-    """Validate the requested split names; default to train plus the task's eval splits."""
-    if splits is None:
-        return list(_task_splits(spec))
-    if isinstance(splits, str):
-        splits = (splits,)
-    allowed = _task_splits(spec)
-    result: list[str] = []
-    for split in splits:
-        if split not in allowed:
-            raise PeltError(
-                f"task {spec.name} has no split {split!r}; choose from: {', '.join(allowed)}"
-            )
-        if split not in result:
-            result.append(split)
-    if not result:
-        raise PeltError(f"no splits requested for task {spec.name}; choose from: {', '.join(allowed)}")
-    return result
-
-
-def _check_max_train_samples(max_train_samples: int | None) -> None:
-    if max_train_samples is None:
-        return
-    if isinstance(max_train_samples, bool) or not isinstance(max_train_samples, int):
-        raise PeltError(
-            f"max_train_samples must be a positive integer, got {max_train_samples!r}"
-        )
-    if max_train_samples <= 0:
-        raise PeltError(
-            f"max_train_samples must be a positive integer, got {max_train_samples}; "
-            "omit it to use the whole training set"
-        )
-
-
 def _features(spec: TaskSpec) -> datasets.Features:
     """Canonical schema: text columns as strings, then the label (ClassLabel or float32 score)."""
     columns: dict[str, datasets.features.FeatureType] = {
@@ -183,6 +78,17 @@ def _features(spec: TaskSpec) -> datasets.Features:
     return datasets.Features(columns)
 
 
+def _find_child(folder: Path, spec: TaskSpec) -> Path | None:
+    """The task's folder inside `folder`, tolerating re-cased or re-punctuated names ("sst2", "sst-2")."""
+    exact = folder / spec.folder
+    if exact.is_dir():
+        return exact
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and _normalize(child.name) == _normalize(spec.folder):
+            return child
+    return None
+
+
 def _resolve_task_folder(spec: TaskSpec, data_dir: Path) -> Path:
     """Accept both the glue_data parent folder and the task folder itself."""
     if not data_dir.is_dir():
@@ -191,16 +97,18 @@ def _resolve_task_folder(spec: TaskSpec, data_dir: Path) -> Path:
             f"data folder {data_dir} {what}; pass --data-dir pointing at a glue_data-style folder "
             "(containing SST-2/...) or omit it to download from the hub"
         )
-    exact = data_dir / spec.folder
-    if exact.is_dir():
-        return exact
-    # Tolerate re-cased or re-punctuated folder names ("sst2", "sst-2") before falling back.
+    found = _find_child(data_dir, spec)
+    if found is not None:
+        return found
+    # A data root holding glue/ (or glue_data/) next to superglue/.
     for child in sorted(data_dir.iterdir()):
-        if child.is_dir() and _normalize(child.name) == spec.name:
-            return child
-    split_names = [_SPLIT_FILES[split] for split in _task_splits(spec)]
+        if child.is_dir() and _normalize(child.name) in ("glue", "gluedata"):
+            found = _find_child(child, spec)
+            if found is not None:
+                return found
+    split_names = [_SPLIT_FILES[split] for split in official_splits(spec)]
     if any((data_dir / name).is_file() for name in split_names):
-        own = _TASKS.get(_normalize(data_dir.name))
+        own = _glue_spec(data_dir.name)
         if own is not None and own is not spec:
             raise PeltError(
                 f"data folder {data_dir} looks like the {own.folder} folder but task {spec.name} "
@@ -340,29 +248,16 @@ def _load_hub(spec: TaskSpec, splits: list[str]) -> datasets.DatasetDict:
     return result
 
 
-def load_task_data(
-    task: TaskSpec | str,
-    data_dir: str | os.PathLike | None = None,
-    *,
-    splits: Sequence[str] | None = None,
-    max_train_samples: int | None = None,
-    seed: int = 42,
+def load_glue(
+    task: TaskSpec | str, data_dir: str | os.PathLike | None = None, *, splits: Sequence[str] | None = None
 ) -> datasets.DatasetDict:
-    """Load a GLUE task as a DatasetDict with only the task's text columns and ``label``.
+    """A GLUE task's official splits with only its text columns and ``label``.
 
-    ``data_dir`` is a glue_data-style folder (or the task folder itself); None loads from the hub.
-    ``max_train_samples`` keeps a seeded random subset of train so runs are comparable and
-    reproducible; it is capped at the size of the split.
+    ``data_dir`` is a glue_data-style folder, a data root holding ``glue/``, or the task folder itself;
+    None loads from the hub.
     """
     spec = get_task(task)
-    wanted = _resolve_splits(spec, splits)
-    _check_max_train_samples(max_train_samples)
+    wanted = resolve_splits(spec, splits)
     if data_dir is None:
-        result = _load_hub(spec, wanted)
-    else:
-        result = _load_local(spec, data_dir, wanted)
-    if max_train_samples is not None and "train" in result:
-        train = result["train"]
-        if max_train_samples < len(train):
-            result["train"] = train.shuffle(seed=seed).select(range(max_train_samples))
-    return result
+        return _load_hub(spec, wanted)
+    return _load_local(spec, data_dir, wanted)

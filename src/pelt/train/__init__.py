@@ -1,3 +1,4 @@
-from pelt.train.trainer import TrainConfig, evaluate_classifier, tokenize, train_classifier
+from pelt.train.formulations import Formulation, formulation_for
+from pelt.train.trainer import TrainConfig, evaluate_model, train_model
 
-__all__ = ["TrainConfig", "evaluate_classifier", "tokenize", "train_classifier"]
+__all__ = ["Formulation", "TrainConfig", "evaluate_model", "formulation_for", "train_model"]

@@ -1,8 +1,10 @@
-"""Training and evaluation of an adapted encoder classifier on a GLUE-style task, on transformers' Trainer.
+"""Training and evaluation of an adapted model on a task, on transformers' Trainer (the seq2seq one for T5).
 
 The Trainer does the loop, progress bar, schedule and evaluation; pelt adds the two-stage recipe, a checkpoint
 callback that keeps the best adapter by the task's validation metric (saved atomically, so an interrupted run
-always leaves a loadable checkpoint), and a results JSON with metrics, trained parameters, time and memory.
+always leaves a loadable checkpoint), and a results JSON with metrics on every evaluation split (validation and,
+under a split protocol with one, test), trained parameters, time and memory. What the model reads and how its
+output is scored is the formulation's business (`pelt.train.formulations`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,21 +20,14 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 from torch import nn
-from transformers import (
-    DataCollatorWithPadding,
-    EvalPrediction,
-    PreTrainedTokenizerBase,
-    PrinterCallback,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from transformers import PrinterCallback, TrainerCallback, TrainingArguments
 
 from pelt import __version__
 from pelt.core import load_trained_weights, parameter_report, save_adapter, set_trainable
 from pelt.errors import PeltError
 from pelt.methods import get_method
-from pelt.tasks import TaskSpec, compute_metrics
+from pelt.tasks import TaskSpec, protocol_defaults
+from pelt.train.formulations import Formulation
 from pelt.train.memory import PeakMemory
 
 ADAPTER_DIR = "adapter"  # the best checkpoint by validation metric
@@ -42,58 +37,56 @@ RESULTS_FILE = "results.json"
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one run. learning_rate=None takes the method's default."""
+    """Hyper-parameters of one run. None takes a default: the learning rate the method's; epochs, batch size, max
+    length and warm-up the task's protocol defaults (`pelt.tasks.protocol_defaults`)."""
 
     output_dir: str
-    epochs: float = 3.0
+    epochs: float | None = None
     learning_rate: float | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     eval_batch_size: int = 64
-    max_length: int = 128
+    max_length: int | None = None
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
+    warmup_ratio: float | None = None  # a fraction of the training steps, or
+    warmup_steps: int | None = None  # a number of steps (the protocol's default)
     seed: int = 42
     recipe: Literal["auto", "two-stage", "joint"] = "auto"  # auto: the method's own recipe
     head_epochs: float = 1.0  # stage (a) of the two-stage recipe: the head alone
     head_learning_rate: float = 1e-3
     logging_steps: int = 50
     max_eval_samples: int | None = None
+    target_style: Literal["names", "ids"] = "names"  # text to text: label names or ids as targets
+    task_prefix: bool = True  # text to text: start the input with the task name
 
     def validate(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "max_length": self.max_length, "head_learning_rate": self.head_learning_rate}
-        if self.learning_rate is not None:
-            positive["learning_rate"] = self.learning_rate
+        positive = {"eval_batch_size": self.eval_batch_size, "head_learning_rate": self.head_learning_rate}
+        for name in ("epochs", "batch_size", "max_length", "learning_rate"):
+            if getattr(self, name) is not None:
+                positive[name] = getattr(self, name)
         for name, value in positive.items():
             if not value > 0:
                 raise PeltError(f"{name} must be positive, got {value}")
         if self.head_epochs < 0:
             raise PeltError(f"head_epochs must be >= 0, got {self.head_epochs}")
-        if not 0 <= self.warmup_ratio < 1:
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise PeltError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise PeltError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise PeltError("give either warmup_ratio or warmup_steps, not both")
         if self.recipe not in ("auto", "two-stage", "joint"):
             raise PeltError(f"recipe must be auto, two-stage or joint, got '{self.recipe}'")
+        if self.target_style not in ("names", "ids"):
+            raise PeltError(f"target_style must be names or ids, got '{self.target_style}'")
 
-
-def tokenize(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, task: TaskSpec, max_length: int) -> DatasetDict:
-    """Tokenize without padding (batches are padded to their longest sequence) and keep lengths for grouping."""
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        encoded = tokenizer(*[batch[f] for f in task.text_fields], truncation=True, max_length=max_length)
-        encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
-        return encoded
-
-    columns = list(task.text_fields)
-    return data.map(encode, batched=True, remove_columns=columns, desc="tokenizing").rename_column("label", "labels")
-
-
-def _metrics_fn(task: TaskSpec):
-    def compute(prediction: EvalPrediction) -> dict[str, float]:
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        predicted = logits.squeeze(-1) if task.is_regression else np.argmax(logits, axis=-1)
-        return compute_metrics(task, predicted, prediction.label_ids)
-
-    return compute
+    def for_task(self, task: TaskSpec | str) -> TrainConfig:
+        """A copy with every unset protocol setting filled from the task's defaults."""
+        self.validate()
+        defaults = protocol_defaults(task)
+        filled = {k: defaults[k] for k in ("epochs", "batch_size", "max_length") if getattr(self, k) is None}
+        if self.warmup_ratio is None and self.warmup_steps is None:
+            filled["warmup_steps"] = defaults["warmup_steps"]
+        return replace(self, **filled)
 
 
 class _CheckpointCallback(TrainerCallback):
@@ -125,15 +118,17 @@ class _CheckpointCallback(TrainerCallback):
             save_adapter(self.model, self.output_dir / ADAPTER_DIR, metadata=meta)
 
 
-def _training_arguments(config: TrainConfig, epochs: float, learning_rate: float) -> TrainingArguments:
-    return TrainingArguments(
+def _training_arguments(config: TrainConfig, formulation: Formulation, epochs: float, learning_rate: float,
+                        extra: dict[str, Any]) -> TrainingArguments:
+    warmup = config.warmup_ratio if config.warmup_ratio is not None else int(config.warmup_steps or 0)
+    return formulation.arguments_class(
         output_dir=config.output_dir,
         num_train_epochs=epochs,
         learning_rate=learning_rate,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size,
         weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_ratio,
+        warmup_steps=warmup,  # a float below 1 is a fraction of the steps
         lr_scheduler_type="linear",
         eval_strategy="epoch",
         save_strategy="no",  # pelt saves only the trained weights, in its callback
@@ -145,20 +140,35 @@ def _training_arguments(config: TrainConfig, epochs: float, learning_rate: float
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
+        **extra,
     )
 
 
-def train_classifier(
+def _eval_splits(data: DatasetDict) -> list[str]:
+    return [s for s in data if s != "train"]
+
+
+def _encode_all(formulation: Formulation, data: DatasetDict, max_eval_samples: int | None) -> tuple[DatasetDict, DatasetDict]:
+    raw = DatasetDict({name: split for name, split in data.items()})
+    if max_eval_samples:
+        for name in _eval_splits(raw):
+            raw[name] = raw[name].select(range(min(max_eval_samples, len(raw[name]))))
+    encoded = DatasetDict({name: formulation.encode(split, training=name == "train") for name, split in raw.items()})
+    return raw, encoded
+
+
+def train_model(
     model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    task: TaskSpec,
+    formulation: Formulation,
     data: DatasetDict,
     config: TrainConfig,
     *,
     run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train an adapted classifier, keep the best checkpoint, evaluate it on every eval split, write results."""
-    config.validate()
+    """Train an adapted model, keep the best checkpoint by the first evaluation split, evaluate it on every
+    evaluation split, write results.json."""
+    task = formulation.task
+    config = config.for_task(task)
     state = model.pelt_state
     method = get_method(state.config.method)
     two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and method.two_stage)
@@ -167,29 +177,28 @@ def train_classifier(
     output_dir.mkdir(parents=True, exist_ok=True)
     if "train" not in data:
         raise PeltError(f"no training split for {task.name}; the data folder needs a train file")
-
-    encoded = tokenize(data, tokenizer, task, config.max_length)
-    eval_splits = [s for s in task.eval_splits if s in encoded]
+    eval_splits = _eval_splits(data)
     if not eval_splits:
         raise PeltError(f"no validation split for {task.name}; the data folder needs its dev file")
-    if config.max_eval_samples:
-        for split in eval_splits:
-            encoded[split] = encoded[split].select(range(min(config.max_eval_samples, len(encoded[split]))))
+
+    raw, encoded = _encode_all(formulation, data, config.max_eval_samples)
+    selection = eval_splits[0]
     metric_key = f"eval_{task.main_metric}"
     metadata = {"task": task.name, "label_names": list(task.label_names or []), "max_length": config.max_length,
-                **(run_info or {})}
+                **formulation.metadata(), **(run_info or {})}
     callback = _CheckpointCallback(model, output_dir, metric_key, metadata)
-    collator = DataCollatorWithPadding(tokenizer)
+    collator = formulation.collator(model)
+    extra = formulation.arguments(encoded)
 
     def run_stage(stage: str, epochs: float, lr: float) -> None:
         callback.stage = stage
-        trainer = Trainer(
+        trainer = formulation.trainer_class(
             model=model,
-            args=_training_arguments(config, epochs, lr),
+            args=_training_arguments(config, formulation, epochs, lr, extra),
             data_collator=collator,
             train_dataset=encoded["train"],
-            eval_dataset=encoded[eval_splits[0]],
-            compute_metrics=_metrics_fn(task),
+            eval_dataset=encoded[selection],
+            compute_metrics=formulation.metrics_fn(encoded[selection], raw[selection]),
             callbacks=[callback],
         )
         trainer.train()
@@ -205,8 +214,8 @@ def train_classifier(
     train_seconds = time.perf_counter() - started
 
     load_trained_weights(model, output_dir / ADAPTER_DIR)
-    metrics = evaluate_classifier(model, tokenizer, task, DatasetDict({s: data[s] for s in eval_splits}),
-                                  config.max_length, config.eval_batch_size, encoded=encoded)
+    metrics = evaluate_model(model, formulation, DatasetDict({s: raw[s] for s in eval_splits}),
+                             config.eval_batch_size, encoded=encoded)
     steps = callback.step_seconds
     results = {
         "pelt_version": __version__,
@@ -215,7 +224,10 @@ def train_classifier(
         "method_config": state.config.to_dict(),
         "train_config": {**asdict(config), "learning_rate": learning_rate,
                          "recipe": "two-stage" if two_stage else "joint"},
+        "formulation": formulation.metadata(),
         "train_samples": len(data["train"]),
+        "split_sizes": {name: len(split) for name, split in raw.items()},
+        "selection_split": selection,
         "metrics": metrics,
         "main_metric": task.main_metric,
         "best_checkpoint": callback.best_epoch,
@@ -232,27 +244,28 @@ def train_classifier(
     return results
 
 
-def evaluate_classifier(
+def evaluate_model(
     model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    task: TaskSpec,
+    formulation: Formulation,
     data: DatasetDict,
-    max_length: int = 128,
     batch_size: int = 64,
     *,
     encoded: DatasetDict | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of the model on each split of `data` (already-tokenized splits may be passed as `encoded`)."""
-    encoded = encoded if encoded is not None else tokenize(data, tokenizer, task, max_length)
-    args = TrainingArguments(output_dir=".", per_device_eval_batch_size=batch_size, report_to=[],
-                             use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
-                      compute_metrics=_metrics_fn(task))
+    """Metrics of the model on each split of `data` (already-encoded splits may be passed as `encoded`)."""
+    encoded = encoded if encoded is not None else DatasetDict(
+        {name: formulation.encode(split, training=False) for name, split in data.items()})
+    extra = formulation.arguments(DatasetDict({name: encoded[name] for name in data}))
+    args = formulation.arguments_class(output_dir=".", per_device_eval_batch_size=batch_size, report_to=[],
+                                       use_cpu=not torch.cuda.is_available(), disable_tqdm=True, **extra)
+    trainer = formulation.trainer_class(model=model, args=args, data_collator=formulation.collator(model))
     trainer.remove_callback(PrinterCallback)  # it would print the raw metrics dict to stdout
+    task = formulation.task
     results = {}
     for split in data:
+        trainer.compute_metrics = formulation.metrics_fn(encoded[split], data[split])
         raw = trainer.evaluate(eval_dataset=encoded[split], metric_key_prefix=split)
         prefix = f"{split}_"
         results[split] = {k[len(prefix):]: v for k, v in raw.items()
-                          if k.startswith(prefix) and k[len(prefix):] in task.metrics}
+                          if k.startswith(prefix) and (k[len(prefix):] in task.metrics or k == f"{prefix}invalid")}
     return results
