@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 GLUE   ?= ../shared/data/glue
+SUPERGLUE ?= ../shared/data/superglue
 OUT    ?= runs/sst2-hadamard
 
 .PHONY: setup demo test test-slow bench
@@ -28,7 +29,7 @@ test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
 test-slow: setup
-	HF_HUB_OFFLINE=1 PELT_GLUE_DIR=$(GLUE) $(BIN)/pytest -q -m slow
+	HF_HUB_OFFLINE=1 PELT_GLUE_DIR=$(GLUE) PELT_SUPERGLUE_DIR=$(SUPERGLUE) $(BIN)/pytest -q -m slow
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/glue_minilm.py --data-dir $(GLUE)

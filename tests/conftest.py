@@ -27,6 +27,20 @@ ALL_FAMILIES = ENCODER_FAMILIES + ["t5"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
 
 
+def _tiny_options() -> dict[str, dict]:
+    from pelt.methods import METHODS
+    from pelt.methods.adapters import BottleneckConfig
+
+    return {
+        name: {"bottleneck": 8, **({"drop_first": 1} if name == "adapterdrop" else {})}
+        for name, method in METHODS.items() if issubclass(method.config_class, BottleneckConfig)
+    } | {"prompt-tuning": {"num_tokens": 4}, "intrinsic-said": {"dim": 64}}
+
+
+# Options that fit each method to the tiny models (hidden 32): a bottleneck n divides, few prompt tokens, small d'.
+TINY_OPTIONS = _tiny_options()
+
+
 def tiny_config(family: str, num_labels: int = 2):
     if family == "t5":
         return T5Config(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=3, num_decoder_layers=3,

@@ -10,23 +10,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES, loss_of, model_output, perturb_trainable, tiny_inputs, tiny_model
+from conftest import (
+    ALL_FAMILIES,
+    TINY_OPTIONS,
+    loss_of,
+    model_output,
+    perturb_trainable,
+    tiny_inputs,
+    tiny_model,
+)
 
 import pelt
 from pelt.arch import head_module_names
 from pelt.core import CONFIG_NAME, WEIGHTS_NAME
 from pelt.methods import METHODS, get_method, make_config
-from pelt.methods.adapters import BottleneckConfig
 
 METHOD_NAMES = sorted(METHODS)
 # Methods whose injected modules leave the model unchanged at init (full FT trivially so).
 IDENTITY_AT_INIT = {"hadamard", "full", "lora", "ia3", "bitfit", "intrinsic-said"}
 CASES = [(m, f) for m in METHOD_NAMES for f in ALL_FAMILIES]
 # What fits the tiny models (hidden size 32, 3 layers per stack): the default bottleneck would be 32/32 = 1.
-TINY_OPTIONS = {
-    name: {"bottleneck": 8, **({"drop_first": 1} if name == "adapterdrop" else {})}
-    for name, method in METHODS.items() if issubclass(method.config_class, BottleneckConfig)
-} | {"prompt-tuning": {"num_tokens": 4}, "intrinsic-said": {"dim": 64}}
 
 
 def adapted(method: str, family: str, seed: int = 0, **options) -> torch.nn.Module:

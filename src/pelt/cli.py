@@ -255,8 +255,31 @@ def _methods(_: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {METHODS[name].description}")
 
 
+def _split_sizes(task: str, args: argparse.Namespace) -> str:
+    """Rows per split; under the standard protocol each official split on its own, so a dev-only task shows."""
+    from pelt.tasks import load_splits, protocol_splits
+
+    if args.split_protocol != "standard":
+        try:
+            data = load_splits(task, args.data_dir, protocol=args.split_protocol, split_seed=args.split_seed)
+        except PeltError as e:
+            if args.task:
+                raise
+            return f"not loaded ({e})"
+        return ", ".join(f"{split} {len(rows):,}" for split, rows in data.items())
+    parts = []
+    for split in protocol_splits(task, "standard"):
+        try:
+            parts.append(f"{split} {len(load_splits(task, args.data_dir, splits=[split])[split]):,}")
+        except PeltError as e:
+            if args.task:
+                raise
+            parts.append(f"{split} missing" if "not found" in str(e) or "neither" in str(e) else f"{split} error: {e}")
+    return ", ".join(parts)
+
+
 def _tasks(args: argparse.Namespace) -> None:
-    from pelt.tasks import get_task, list_tasks, load_splits, protocol_defaults
+    from pelt.tasks import get_task, list_tasks, protocol_defaults
 
     names = [get_task(t).name for t in args.task] if args.task else list_tasks()
     print(f"{'task':<14} {'benchmark':<9} {'main metric':<21} {'epochs':>6} {'batch':>5} {'length':>6} "
@@ -266,13 +289,7 @@ def _tasks(args: argparse.Namespace) -> None:
         line = (f"{name:<14} {spec.benchmark:<9} {spec.main_metric:<21} {defaults['epochs']:>6} "
                 f"{defaults['batch_size']:>5} {defaults['max_length']:>6} {defaults['warmup_steps']:>7}")
         if args.data_dir:
-            try:
-                data = load_splits(name, args.data_dir, protocol=args.split_protocol, split_seed=args.split_seed)
-                line += "  " + ", ".join(f"{split} {len(rows):,}" for split, rows in data.items())
-            except PeltError as e:
-                if args.task:
-                    raise
-                line += f"  (not loaded: {str(e)[:70]}...)"
+            line += "  " + _split_sizes(name, args)
         print(line, flush=True)
 
 
