@@ -399,3 +399,14 @@ def test_t5_vocab_holds_every_target() -> None:
         for style in ("names", "ids"):
             for label in range(len(spec.label_names or ())):
                 assert t5_targets(spec, {"label": label}, style)[0] in T5_VOCAB
+
+
+def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    rows = cb_rows(6)
+    data = write_jsonl(tmp_path / "sg" / "CB", {"train": rows, "val": rows}).parent
+    finetune("cb", pelt.make_config("bitfit"), _quick(tmp_path, "w", warmup_steps=5), model=str(tiny_model_dir),
+             data_dir=data)
+    assert "5 warm-up steps >= the 1 training steps" in capsys.readouterr().err
+    finetune("cb", pelt.make_config("bitfit"), _quick(tmp_path, "v", warmup_steps=0), model=str(tiny_model_dir),
+             data_dir=data)
+    assert "warm-up" not in capsys.readouterr().err

@@ -144,6 +144,9 @@ def load_splits(
         official = load_task_data(spec, data_dir, splits=need + ["validation_matched", "validation_mismatched"])
         pieces = {"train": official.get("train"), "validation": official["validation_mismatched"],
                   "test": official["validation_matched"]}
+    elif spec.large and wanted == ["test"]:  # the dev set as it is: train is not needed
+        dev = spec.eval_splits[0]
+        pieces = {"test": load_task_data(spec, data_dir, splits=[dev])[dev]}
     elif spec.large:
         dev = spec.eval_splits[0]
         official = load_task_data(spec, data_dir, splits=["train", dev])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,67 +20,36 @@ from typing import Any
 import datasets
 
 from pelt.errors import PeltError
+from pelt.tasks.spec import TaskSpec, _normalize, get_task, list_tasks
 
 __all__ = ["SUPERGLUE_TASKS", "load_superglue", "superglue_features"]
 
 HUB_DATASET = "aps/super_glue"
 
-SUPERGLUE_TASKS: dict[str, str] = {
-    "boolq": "BoolQ",
-    "cb": "CB",
-    "copa": "COPA",
-    "multirc": "MultiRC",
-    "record": "ReCoRD",
-    "wic": "WiC",
-    "superglue-rte": "RTE",
-}
-
-_BOOL_NAMES = ("False", "True")
-
-
 @dataclass(frozen=True)
 class _Spec:
-    """How one SuperGLUE task is stored locally and on the hub.
+    """A task's spec (`pelt.tasks.spec`) plus how SuperGLUE stores it: its hub config, and whether its official
+    label is a JSON boolean (BoolQ, WiC, MultiRC; the others use the label name (CB, RTE) or its id (COPA))."""
 
-    ``official_bool`` marks tasks whose official label is a JSON boolean (BoolQ, WiC, MultiRC);
-    the others use the label name (CB, RTE) or its id (COPA).
-    """
-
-    name: str
-    folder: str
+    task: TaskSpec
     hub_config: str
-    text_fields: tuple[str, ...]
-    label_names: tuple[str, ...] | None
     official_bool: bool = False
 
+    name = property(lambda self: self.task.name)
+    folder = property(lambda self: self.task.folder)
+    text_fields = property(lambda self: self.task.text_fields)
+    label_names = property(lambda self: self.task.label_names)
 
-_SPECS: dict[str, _Spec] = {
-    spec.name: spec
-    for spec in (
-        _Spec("boolq", "BoolQ", "boolq", ("question", "passage"), _BOOL_NAMES, official_bool=True),
-        _Spec("cb", "CB", "cb", ("premise", "hypothesis"),
-              ("entailment", "contradiction", "neutral")),
-        _Spec("copa", "COPA", "copa", ("premise", "choice1", "choice2", "question"),
-              ("choice1", "choice2")),
-        _Spec("multirc", "MultiRC", "multirc", ("paragraph", "question", "answer"), _BOOL_NAMES,
-              official_bool=True),
-        _Spec("record", "ReCoRD", "record", ("passage", "query"), None),
-        _Spec("wic", "WiC", "wic", ("word", "sentence1", "sentence2"), _BOOL_NAMES,
-              official_bool=True),
-        _Spec("superglue-rte", "RTE", "rte", ("premise", "hypothesis"),
-              ("entailment", "not_entailment")),
-    )
-}
+
+_STORAGE = {"boolq": ("boolq", True), "cb": ("cb", False), "copa": ("copa", False), "multirc": ("multirc", True),
+            "record": ("record", False), "wic": ("wic", True), "superglue-rte": ("rte", False)}
+_SPECS: dict[str, _Spec] = {name: _Spec(get_task(name), *_STORAGE[name]) for name in list_tasks("superglue")}
+SUPERGLUE_TASKS: dict[str, str] = {name: spec.folder for name, spec in _SPECS.items()}
 
 _SPLIT_FILES: dict[str, str] = {"train": "train.jsonl", "validation": "val.jsonl"}
 _GLUE_FILES: dict[str, str] = {"train": "train.tsv", "validation": "dev.tsv"}  # a common mix-up
 _COPA_QUESTIONS = ("cause", "effect")
 _PLACEHOLDER = "@placeholder"
-
-
-def _normalize(name: str) -> str:
-    """Lower-case and drop punctuation so "MultiRC", "multi_rc" and "Multi-RC" all compare equal."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 def _get_spec(task: str) -> _Spec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -203,6 +204,10 @@ def train_model(
         )
         trainer.train()
 
+    total_steps = math.ceil(len(encoded["train"]) / config.batch_size) * config.epochs
+    if config.warmup_steps and config.warmup_steps >= total_steps:
+        print(f"pelt: warning: {config.warmup_steps} warm-up steps >= the {total_steps:g} training steps: the learning "
+              "rate never reaches its peak; pass --warmup-steps or --warmup-ratio", file=sys.stderr, flush=True)
     report = parameter_report(model)
     started = time.perf_counter()
     with PeakMemory() as memory:
