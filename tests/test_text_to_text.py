@@ -33,6 +33,11 @@ EXAMPLES = {
     "rte": {"sentence1": "A cat sat.", "sentence2": "An animal sat.", "label": 0},
     "stsb": {"sentence1": "A man sings.", "sentence2": "A man is singing.", "label": 3.95},
     "cola": {"sentence": "Him went.", "label": 0},
+    "sst2": {"sentence": "a fine film", "label": 1},
+    "mrpc": {"sentence1": "S1.", "sentence2": "S2.", "label": 1},
+    "qqp": {"question1": "Why?", "question2": "How?", "label": 0},
+    "qnli": {"question": "Who?", "sentence": "Tom did.", "label": 0},
+    "wnli": {"sentence1": "It fell.", "sentence2": "The cup fell.", "label": 1},
     "mnli": {"premise": "P.", "hypothesis": "H.", "label": 2},
     "boolq": {"question": "is it wet", "passage": "It rained.", "label": 1, "idx": 0},
     "cb": {"premise": "She said so.", "hypothesis": "It is so.", "label": 2, "idx": 0},
@@ -50,6 +55,11 @@ T5_STRINGS = {  # task: (input, target with label names, target with label ids)
     "rte": ("rte sentence1: A cat sat. sentence2: An animal sat.", "entailment", "0"),
     "stsb": ("stsb sentence1: A man sings. sentence2: A man is singing.", "4.0", "4.0"),
     "cola": ("cola sentence: Him went.", "unacceptable", "0"),
+    "sst2": ("sst2 sentence: a fine film", "positive", "1"),
+    "mrpc": ("mrpc sentence1: S1. sentence2: S2.", "equivalent", "1"),
+    "qqp": ("qqp question1: Why? question2: How?", "not_duplicate", "0"),
+    "qnli": ("qnli question: Who? sentence: Tom did.", "entailment", "0"),
+    "wnli": ("wnli sentence1: It fell. sentence2: The cup fell.", "entailment", "1"),
     "mnli": ("mnli premise: P. hypothesis: H.", "contradiction", "2"),
     "boolq": ("boolq question: is it wet passage: It rained.", "True", "1"),
     "cb": ("cb premise: She said so. hypothesis: It is so.", "neutral", "2"),
@@ -60,6 +70,10 @@ T5_STRINGS = {  # task: (input, target with label names, target with label ids)
     "record": ("record query: @placeholder is in France entities: Paris, Rome passage: Paris is big. Rome is old",
                "Paris", "Paris"),
 }
+
+
+def test_every_task_has_a_hand_written_format_case() -> None:
+    assert set(T5_STRINGS) == set(list_tasks()) == set(EXAMPLES)
 
 
 @pytest.mark.parametrize("task", list(T5_STRINGS))
