@@ -13,6 +13,7 @@ import os
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Sequence
 
 from pelt.errors import PeltError
@@ -134,6 +135,8 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
     train.add_argument("--max-train-samples", type=int, default=None,
                        help="seeded subsample of the train set (MultiRC: questions)")
     train.add_argument("--max-eval-samples", type=int, default=None)
+    train.add_argument("--eval-steps", type=int, default=None,
+                       help="evaluate and checkpoint every N steps (default: every epoch)")
     _split_args(train, default="standard")
     train.add_argument("--target-style", choices=["names", "ids"], default="names",
                        help="T5 targets: label names (T5's convention) or ids '0', '1' (the Compacter code's)")
@@ -173,6 +176,32 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the available methods")
 
+    sweep = sub.add_parser("sweep", help="run a grid of methods x tasks x learning rates x seeds (resumable)")
+    sweep.add_argument("--grid-dir", required=True, help="where results.jsonl, the runs and the report go")
+    sweep.add_argument("--methods", nargs="+", required=True,
+                       help="methods, each name or name:key=value:... (e.g. hadamard compacter++ prompt-tuning:init=vocab)")
+    sweep.add_argument("--tasks", nargs="+", required=True)
+    sweep.add_argument("--lrs", nargs="+", default=["ref"],
+                       help="learning rates: numbers, or ref, ref*10, ref/10 (the method's reference learning rate)")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=[42])
+    sweep.add_argument("--train-sizes", nargs="+", type=int, default=None,
+                       help="training-set sizes (seeded subsamples) for every task")
+    sweep.add_argument("--max-train-samples", nargs="+", default=[], metavar="TASK=N",
+                       help="one training-set size per task, e.g. sst2=2000")
+    sweep.add_argument("--low-resource", action="store_true",
+                       help="the Compacter paper's epochs per size (100: 1000, 500: 200, 1000: 100, 2000: 50, 4000: 25)")
+    sweep.add_argument("--eval-steps", type=int, default=None, help="evaluate every N steps (low-resource: 250)")
+    _common_model_args(sweep)
+    sweep.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
+    sweep.add_argument("--split-protocol", choices=["standard", "compacter"], default="compacter",
+                       help="compacter (default): learning rates picked on validation, test reported")
+    sweep.add_argument("--train-args", default="", help="further `pelt train` flags for every run, quoted")
+    sweep.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+
+    report = sub.add_parser("report", help="tables and figures of a grid (written next to its results)")
+    report.add_argument("--grid-dir", required=True)
+    report.add_argument("--title", default=None)
+
     tasks = sub.add_parser("tasks", help="list the tasks with their metrics and protocol defaults")
     tasks.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"),
                        help="also load each task found there and print its split sizes")
@@ -201,6 +230,7 @@ def _train(args: argparse.Namespace) -> None:
         eval_batch_size=args.eval_batch_size, max_length=args.max_length, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, warmup_steps=args.warmup_steps, seed=args.seed, recipe=args.recipe,
         head_epochs=args.head_epochs, head_learning_rate=args.head_lr, max_eval_samples=args.max_eval_samples,
+        eval_steps=args.eval_steps,
         target_style=args.target_style, task_prefix=args.task_prefix,
     )
 
@@ -255,6 +285,41 @@ def _methods(_: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {METHODS[name].description}")
 
 
+def _task_sizes(args: argparse.Namespace) -> dict[str, list[int | None]]:
+    from pelt.tasks import get_task
+
+    sizes: dict[str, list[int | None]] = {get_task(t).name: list(args.train_sizes or [None]) for t in args.tasks}
+    for item in args.max_train_samples:
+        task, sep, count = item.partition("=")
+        if not sep or not count.strip().isdigit() or int(count) < 1:
+            raise PeltError(f"--max-train-samples takes TASK=N with N a positive integer, got {item!r}")
+        sizes[get_task(task).name] = [int(count)]
+    return sizes
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    import shlex
+
+    from pelt.harness import GridSettings, expand_grid, run_grid, write_report
+
+    specs = expand_grid(args.methods, args.tasks, args.lrs, args.seeds, _task_sizes(args),
+                        low_resource=args.low_resource, eval_steps=args.eval_steps)
+    settings = GridSettings(args.data_dir, args.model, args.split_protocol, shlex.split(args.train_args))
+    records = run_grid(specs, args.grid_dir, settings, retry_failed=args.retry_failed,
+                       log=lambda line: print(line, flush=True))
+    if any(r.get("status") == "ok" for r in records):
+        print(f"report: {write_report(records, args.grid_dir)}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from pelt.harness import RESULTS_NAME, read_records, write_report
+
+    path = Path(args.grid_dir) / RESULTS_NAME
+    if not path.is_file():
+        raise PeltError(f"{path} not found; pass the --grid-dir a `pelt sweep` wrote")
+    print(write_report(read_records(path), args.grid_dir, title=args.title or f"Grid {Path(args.grid_dir).name}"))
+
+
 def _split_sizes(task: str, args: argparse.Namespace) -> str:
     """Rows per split, each split loaded on its own so that a task with only some of its files still shows."""
     from pelt.tasks import load_splits, protocol_splits
@@ -293,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _build_parser(_method_from_argv(argv))
         args = parser.parse_args(argv)
-        {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks}[args.command](args)
+        {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
+         "sweep": _sweep, "report": _report}[args.command](args)
     except PeltError as e:
         print(f"pelt: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

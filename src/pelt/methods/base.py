@@ -68,7 +68,13 @@ class Method:
     # Train the task head alone first, then the method (the Hadamard paper's recipe).
     two_stage: ClassVar[bool] = False
     default_learning_rate: ClassVar[float] = 1e-3
+    # The learning rate of the method's source (the Compacter authors' configs where they ran it): what a sweep
+    # centres on. None: the default.
+    reference_learning_rate: ClassVar[float | None] = None
     description: ClassVar[str] = ""
+
+    def reference_lr(self, config: MethodConfig) -> float:
+        return self.reference_learning_rate or self.default_learning_rate
 
     def inject(self, model: nn.Module, config: MethodConfig, arch: ArchSpec) -> Injection:
         raise NotImplementedError

@@ -20,6 +20,7 @@ class FullFineTuning(Method):
     name = "full"
     config_class = FullConfig
     default_learning_rate = 5e-5
+    reference_learning_rate = 3e-4  # the Compacter authors' T5 configs
     description = "every parameter of the model is trained (the reference)"
 
     def inject(self, model: nn.Module, config: MethodConfig, arch: ArchSpec) -> Injection:

@@ -164,6 +164,10 @@ class PromptTuning(Method):
     name = "prompt-tuning"
     config_class = PromptTuningConfig
     default_learning_rate = 3e-2
+
+    def reference_lr(self, config: MethodConfig) -> float:
+        """The Compacter authors': 3e-2 for a random prompt (R), 3e-1 for one copied from the vocabulary (T)."""
+        return 3e-1 if getattr(config, "init", "random") == "vocab" else 3e-2
     description = "p trainable vectors prepended to the input embeddings (Lester et al., 2021)"
 
     def inject(self, model: nn.Module, config: MethodConfig, arch: ArchSpec) -> Injection:

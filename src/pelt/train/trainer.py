@@ -55,6 +55,7 @@ class TrainConfig:
     head_epochs: float = 1.0  # stage (a) of the two-stage recipe: the head alone
     head_learning_rate: float = 1e-3
     logging_steps: int = 50
+    eval_steps: int | None = None  # evaluate (and checkpoint) every N optimizer steps instead of every epoch
     max_eval_samples: int | None = None
     target_style: Literal["names", "ids"] = "names"  # text to text: label names or ids as targets
     task_prefix: bool = True  # text to text: start the input with the task name
@@ -67,6 +68,8 @@ class TrainConfig:
         for name, value in positive.items():
             if not value > 0:
                 raise PeltError(f"{name} must be positive, got {value}")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            raise PeltError(f"eval_steps must be a positive number of steps, got {self.eval_steps}")
         if self.head_epochs < 0:
             raise PeltError(f"head_epochs must be >= 0, got {self.head_epochs}")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
@@ -131,7 +134,8 @@ def _training_arguments(config: TrainConfig, formulation: Formulation, epochs: f
         weight_decay=config.weight_decay,
         warmup_steps=warmup,  # a float below 1 is a fraction of the steps
         lr_scheduler_type="linear",
-        eval_strategy="epoch",
+        eval_strategy="steps" if config.eval_steps else "epoch",
+        eval_steps=config.eval_steps,
         save_strategy="no",  # pelt saves only the trained weights, in its callback
         logging_strategy="steps",
         logging_steps=config.logging_steps,

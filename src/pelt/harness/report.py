@@ -1,0 +1,209 @@
+"""From a grid's records to the papers' tables and figures.
+
+Selection follows the Compacter paper: for each method, task, seed and training-set size, the learning rate
+whose best checkpoint scores highest on the validation split wins, and its test score is reported (never the
+test score that happens to be highest). Scores are then averaged over seeds. Written next to the results:
+report.md (a table per task, a summary table in the papers' layout with an average column) and two figures:
+score vs % trained parameters with peak memory as marker size (the Compacter paper's Fig. 2) and score vs
+training-set size (its Fig. 4).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pelt.errors import PeltError
+
+__all__ = ["Selected", "select_best", "write_report"]
+
+
+@dataclass
+class Selected:
+    """The chosen learning rate of one method on one task at one training-set size, averaged over seeds."""
+
+    variant: str
+    task: str
+    train_size: int | None
+    learning_rate: float  # of the first seed (seeds may pick different ones: all are in `learning_rates`)
+    learning_rates: list[float]
+    validation: float  # main metric on the selection split, mean over seeds
+    test: dict[str, float]  # every test metric, mean over seeds
+    test_split: str
+    main_metric: str
+    method_percent: float
+    peak_memory_mb: float | None
+    ms_per_step: float | None
+    seeds: int
+
+
+def _main(record: dict[str, Any], split: str) -> float:
+    return float(record["metrics"][split][record["main_metric"]])
+
+
+def select_best(records: list[dict[str, Any]]) -> list[Selected]:
+    """Pick each (method, task, size, seed)'s learning rate by validation; average the picks over seeds."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if record.get("status") == "ok":
+            groups[(record["variant"], record["task"], record["train_size"], record["seed"])].append(record)
+    picks: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for (variant, task, size, _), runs in groups.items():
+        best = max(runs, key=lambda r: (_main(r, r["selection_split"]), -r["learning_rate"]))
+        picks[(variant, task, size)].append(best)
+    selected = []
+    for (variant, task, size), runs in picks.items():
+        first = runs[0]
+        report_split = "test" if "test" in first["metrics"] else first["selection_split"]
+        test = {k: statistics.fmean(r["metrics"][report_split][k] for r in runs)
+                for k in first["metrics"][report_split] if k != "invalid"}
+        memory = [r["peak_memory_mb"] for r in runs if r.get("peak_memory_mb")]
+        speed = [r["ms_per_step"] for r in runs if r.get("ms_per_step")]
+        selected.append(Selected(
+            variant, task, size, first["learning_rate"], [r["learning_rate"] for r in runs],
+            statistics.fmean(_main(r, r["selection_split"]) for r in runs), test, report_split,
+            first["main_metric"], first["parameters"]["method_percent"],
+            statistics.fmean(memory) if memory else None, statistics.fmean(speed) if speed else None, len(runs)))
+    return selected
+
+
+def _score(metrics: dict[str, float], main: str) -> str:
+    """All of a task's metrics as the papers print them (×100, "acc / F1"), the combined mean left out."""
+    shown = [v for k, v in metrics.items() if k != "combined"] or [metrics[main]]
+    return " / ".join(f"{100 * v:.1f}" for v in shown)
+
+
+def _order(names: list[str], first: str = "full") -> list[str]:
+    return sorted(names, key=lambda n: (n != first, n))
+
+
+def write_report(records: list[dict[str, Any]], folder: str | os.PathLike, *, title: str = "Grid results") -> Path:
+    """report.md plus scores_vs_params.png and (with several training-set sizes) scores_vs_train_size.png."""
+    selected = select_best(records)
+    if not selected:
+        raise PeltError(f"no finished runs to report in {folder}; run the grid first")
+    folder = Path(folder)
+    failed = [r for r in records if r.get("status") == "failed"]
+    full_size = [s for s in selected if s.train_size == _common_size(selected, s.task)]
+    tasks = list(dict.fromkeys(s.task for s in full_size))
+    variants = _order(list(dict.fromkeys(s.variant for s in full_size)))
+    split = full_size[0].test_split
+    lines = [f"# {title}", "",
+             f"Each method's learning rate is picked on the validation split (best checkpoint's main metric); the "
+             f"scores are that run's **{split}** metrics (×100), averaged over seeds. Written by `pelt report`.", "",
+             "## Summary", "",
+             "| method | % trained | " + " | ".join(tasks) + " | average |",
+             "|---|---|" + "---|" * len(tasks) + "---|"]
+    by_key = {(s.variant, s.task): s for s in full_size}
+    averages: dict[str, float] = {}
+    for variant in variants:
+        cells, mains = [], []
+        for task in tasks:
+            pick = by_key.get((variant, task))
+            cells.append(_score(pick.test, pick.main_metric) if pick else "–")
+            if pick:
+                mains.append(pick.test[pick.main_metric])
+        complete = len(mains) == len(tasks)
+        averages[variant] = statistics.fmean(mains) if complete else math.nan
+        percent = next(s.method_percent for s in full_size if s.variant == variant)
+        average = f"{100 * averages[variant]:.1f}" if complete else "–"
+        lines.append(f"| {variant} | {percent:.4f} | " + " | ".join(cells) + f" | {average} |")
+    for task in tasks:
+        main = next(s.main_metric for s in full_size if s.task == task)
+        lines += ["", f"## {task}", "",
+                  f"| method | lr (picked on validation) | validation {main} | {split} | % trained | "
+                  "peak memory MB | ms/step | seeds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for variant in variants:
+            pick = by_key.get((variant, task))
+            if pick is None:
+                continue
+            lrs = ", ".join(f"{lr:g}" for lr in pick.learning_rates)
+            lines.append(f"| {variant} | {lrs} | {100 * pick.validation:.1f} | {_score(pick.test, pick.main_metric)} | "
+                         f"{pick.method_percent:.4f} | {_fmt(pick.peak_memory_mb)} | {_fmt(pick.ms_per_step)} | "
+                         f"{pick.seeds} |")
+    curves = _curves(selected)
+    if curves:
+        lines += ["", "## Score vs training-set size", "", "| task | method | " +
+                  " | ".join(str(n) for n in curves["sizes"]) + " |",
+                  "|---|---|" + "---|" * len(curves["sizes"])]
+        for (task, variant), points in curves["lines"].items():
+            cells = [f"{100 * points[n]:.1f}" if n in points else "–" for n in curves["sizes"]]
+            lines.append(f"| {task} | {variant} | " + " | ".join(cells) + " |")
+    if failed:
+        lines += ["", "## Failed runs", ""] + [f"- `{r['key']}`: {r['error']}" for r in failed]
+    figures = _plots(full_size, averages, curves, folder)
+    lines += ["", *[f"![{name}]({name})" for name in figures]]
+    path = folder / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def _common_size(selected: list[Selected], task: str) -> int | None:
+    """The training-set size a task's summary uses: its largest (None, the whole set, counts as largest)."""
+    sizes = {s.train_size for s in selected if s.task == task}
+    return None if None in sizes else max(sizes)
+
+
+def _curves(selected: list[Selected]) -> dict[str, Any]:
+    lines: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    for s in selected:
+        if s.train_size is not None:
+            lines[(s.task, s.variant)][s.train_size] = s.test[s.main_metric]
+    lines = {k: v for k, v in lines.items() if len(v) > 1}
+    if not lines:
+        return {}
+    return {"sizes": sorted({n for v in lines.values() for n in v}), "lines": dict(sorted(lines.items()))}
+
+
+def _plots(full_size: list[Selected], averages: dict[str, float], curves: dict[str, Any], folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    points = [(v, next(s for s in full_size if s.variant == v)) for v, avg in averages.items() if not math.isnan(avg)]
+    if points:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        memory = [p.peak_memory_mb or 0 for _, p in points]
+        top = max(memory) or 1
+        for (variant, pick), mb in zip(points, memory):
+            ax.scatter(max(pick.method_percent, 1e-4), 100 * averages[variant], s=40 + 600 * mb / top, alpha=0.6)
+            ax.annotate(variant, (max(pick.method_percent, 1e-4), 100 * averages[variant]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("trained parameters (% of the base model, log scale)")
+        ax.set_ylabel("average score")
+        ax.set_title("score vs trained parameters (marker area: peak memory)")
+        fig.tight_layout()
+        fig.savefig(folder / "scores_vs_params.png", dpi=120)
+        plt.close(fig)
+        names.append("scores_vs_params.png")
+    if curves:
+        tasks = list(dict.fromkeys(task for task, _ in curves["lines"]))
+        fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            for (t, variant), line in curves["lines"].items():
+                if t == task:
+                    sizes = sorted(line)
+                    ax.plot(sizes, [100 * line[n] for n in sizes], marker="o", label=variant)
+            ax.set_xscale("log")
+            ax.set_xlabel("training examples (log scale)")
+            ax.set_ylabel("test score")
+            ax.set_title(task)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / "scores_vs_train_size.png", dpi=120)
+        plt.close(fig)
+        names.append("scores_vs_train_size.png")
+    return names

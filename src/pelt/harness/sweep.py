@@ -1,0 +1,109 @@
+"""Run a grid: one `pelt train` process per run, results appended to one JSON-lines file as they come.
+
+One process per run keeps each run's memory figure clean and a crash contained. Runs with a record are skipped,
+so a killed grid restarts where it stopped; a failed run is recorded with its error and the grid goes on
+(`retry_failed` runs it again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pelt.harness.grid import GridSettings, RunSpec, read_records
+
+__all__ = ["RESULTS_NAME", "run_grid"]
+
+RESULTS_NAME = "results.jsonl"
+RUNS_DIR = "runs"
+
+
+def _command(spec: RunSpec, settings: GridSettings, output_dir: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "pelt.cli", "train", "--task", spec.task, "--method", spec.method,
+           "--lr", repr(spec.learning_rate), "--seed", str(spec.seed), "--output-dir", str(output_dir),
+           "--split-protocol", settings.split_protocol]
+    for key, value in spec.options:
+        flag = "--" + key.replace("_", "-")
+        cmd += [flag] if value is True else [f"--no-{key.replace('_', '-')}"] if value is False else [flag, str(value)]
+    if spec.train_size is not None:
+        cmd += ["--max-train-samples", str(spec.train_size)]
+    if spec.epochs is not None:
+        cmd += ["--epochs", f"{spec.epochs:g}"]
+    if spec.eval_steps is not None:
+        cmd += ["--eval-steps", str(spec.eval_steps)]
+    if settings.data_dir:
+        cmd += ["--data-dir", str(settings.data_dir)]
+    if settings.model:
+        cmd += ["--model", str(settings.model)]
+    return cmd + list(settings.extra_args)
+
+
+def _run_process(cmd: list[str], output_dir: Path) -> tuple[int, str]:
+    """Run `pelt train`, its output in the run's folder (train.log, train.err); return the exit code and stderr."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "train.log", "w") as out, open(output_dir / "train.err", "w") as err:
+        code = subprocess.run(cmd, stdout=out, stderr=err).returncode
+    return code, (output_dir / "train.err").read_text(errors="replace")
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    """One line per record, flushed to disk before the next run starts."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    """What a report needs from a run's results.json (the full file stays in the run's folder)."""
+    keep = ("metrics", "main_metric", "selection_split", "best_checkpoint", "history", "parameters",
+            "train_seconds", "optimizer_steps", "ms_per_step", "peak_memory_mb", "memory_kind", "split_sizes",
+            "train_samples", "device")
+    return {k: results.get(k) for k in keep}
+
+
+def _error_line(stderr: str, code: int) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("pelt: error:") or "Error" in line.split(":")[0]]
+    return (errors or lines or [f"exit code {code}"])[-1][:500]
+
+
+def run_grid(
+    specs: list[RunSpec],
+    grid_dir: str | os.PathLike,
+    settings: GridSettings,
+    *,
+    retry_failed: bool = False,
+    runner: Callable[[list[str], Path], tuple[int, str]] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run every spec that has no record yet; return all records of the grid (old and new)."""
+    folder = Path(grid_dir)
+    (folder / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    results_file = folder / RESULTS_NAME
+    done = {r["key"]: r for r in read_records(results_file)}
+    run = runner or _run_process
+    todo = [s for s in specs if s.key not in done or (retry_failed and done[s.key]["status"] == "failed")]
+    log(f"grid: {len(specs)} runs, {len(specs) - len(todo)} already recorded, {len(todo)} to run")
+    for number, spec in enumerate(todo, 1):
+        output_dir = folder / RUNS_DIR / spec.folder_name
+        cmd = _command(spec, settings, output_dir)
+        log(f"[{number}/{len(todo)}] {spec.key}")
+        started = time.time()
+        code, stderr = run(cmd, output_dir)
+        record: dict[str, Any] = {"key": spec.key, **spec.to_dict(), "seconds": round(time.time() - started, 1)}
+        results_json = output_dir / "results.json"
+        if code == 0 and results_json.exists():
+            record |= {"status": "ok", **_summary(json.loads(results_json.read_text()))}
+        else:
+            record |= {"status": "failed", "exit_code": code, "error": _error_line(stderr, code)}
+            log(f"  failed: {record['error']}")
+        _append(results_file, record)
+        done[spec.key] = record
+    return list(done.values())

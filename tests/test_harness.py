@@ -1,0 +1,227 @@
+"""The experiment harness: grid expansion, resumable runs with recorded failures, selection by validation,
+reports and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import separable_rows, write_sst2
+
+from pelt.cli import main
+from pelt.errors import PeltError
+from pelt.harness import GridSettings, expand_grid, read_records, run_grid, select_best, write_report
+from pelt.harness.grid import LOW_RESOURCE_EPOCHS, parse_variant, resolve_lr
+
+
+def test_grid_expansion_and_reference_learning_rates() -> None:
+    specs = expand_grid(["full", "prompt-tuning:init=vocab"], ["rte", "SST-2"], ["ref", "ref/10"], [1, 2],
+                        {"sst2": [2000]})
+    assert len(specs) == 2 * 2 * 2 * 2
+    assert [s.task for s in specs[:8]] == ["rte"] * 8  # tasks outermost
+    lrs = {(s.variant, s.learning_rate) for s in specs}
+    assert lrs == {("full", 3e-4), ("full", 3e-5), ("prompt-tuning:init=vocab", 0.3),
+                   ("prompt-tuning:init=vocab", 0.03)}
+    assert {s.train_size for s in specs if s.task == "sst2"} == {2000}
+    assert {s.train_size for s in specs if s.task == "rte"} == {None}
+    assert len({s.key for s in specs}) == len(specs)
+    assert resolve_lr("ref*10", "compacter++", {}) == 0.03
+    assert resolve_lr("3e-4", "hadamard", {}) == 3e-4
+    # a duplicate (ref/10 of prompt T is 3e-2, also listed as a number) runs once
+    assert len(expand_grid(["prompt-tuning:init=vocab"], ["rte"], ["ref/10", "0.03"], [42], [None])) == 1
+
+
+def test_low_resource_schedule() -> None:
+    specs = expand_grid(["hadamard"], ["sst2"], ["ref"], [42], [100, 500, 1000, 2000, 4000], low_resource=True,
+                        eval_steps=250)
+    assert [(s.train_size, s.epochs) for s in specs] == list(LOW_RESOURCE_EPOCHS.items())
+    assert {s.eval_steps for s in specs} == {250}
+    with pytest.raises(PeltError, match="not 300"):
+        expand_grid(["hadamard"], ["sst2"], ["ref"], [42], [300], low_resource=True)
+
+
+@pytest.mark.parametrize(
+    ("methods", "lrs", "message"),
+    [
+        (["nope"], ["ref"], "unknown method 'nope'"),
+        (["lora:rank"], ["ref"], "must look like key=value"),
+        (["lora:rank=0"], ["ref"], "rank"),
+        (["lora"], ["fast"], "neither a number nor ref"),
+        (["lora"], ["ref+1"], r"write ref, ref\*10 or ref/10"),
+        (["lora"], ["-1e-3"], "must be positive"),
+    ],
+)
+def test_bad_grids_fail_before_any_run(methods, lrs, message) -> None:
+    with pytest.raises(PeltError, match=message):
+        expand_grid(methods, ["rte"], lrs, [42], [None])
+
+
+def test_parse_variant_types_options() -> None:
+    assert parse_variant("compacter++:n=2:rank=1") == ("compacter++", {"n": 2, "rank": 1})
+    assert parse_variant("hadamard:train_layernorm=false") == ("hadamard", {"train_layernorm": False})
+
+
+# ---- running: a fake `pelt train` so the bookkeeping is tested in milliseconds ---------------------------------
+
+
+def _fake_results(spec_lr: float) -> dict:
+    return {"metrics": {"validation": {"accuracy": 0.5 + spec_lr}, "test": {"accuracy": 0.4}},
+            "main_metric": "accuracy", "selection_split": "validation", "parameters": {"method_percent": 0.1},
+            "peak_memory_mb": 100.0, "ms_per_step": 5.0}
+
+
+class FakeTrain:
+    """Stands in for `pelt train`: writes results.json, fails on demand, can be 'killed' at a given call."""
+
+    def __init__(self, fail_lr: float | None = None, kill_at: int | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail_lr, self.kill_at = fail_lr, kill_at
+
+    def __call__(self, cmd: list[str], output_dir: Path) -> tuple[int, str]:
+        lr = float(cmd[cmd.index("--lr") + 1])
+        self.calls.append(f"{cmd[cmd.index('--task') + 1]}/{lr:g}")
+        if self.kill_at is not None and len(self.calls) == self.kill_at:
+            raise KeyboardInterrupt
+        if lr == self.fail_lr:
+            return 2, "some warning\npelt: error: n=3 does not divide the hidden size (32)\n"
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "results.json").write_text(json.dumps(_fake_results(lr)))
+        return 0, ""
+
+
+def test_a_failed_run_is_recorded_and_the_grid_goes_on(tmp_path: Path) -> None:
+    specs = expand_grid(["hadamard"], ["rte", "mrpc"], ["1e-3", "1e-2", "1e-1"], [42], [None])
+    fake = FakeTrain(fail_lr=1e-2)
+    records = run_grid(specs, tmp_path, GridSettings(), runner=fake, log=lambda _: None)
+    assert len(fake.calls) == 6
+    failed = [r for r in records if r["status"] == "failed"]
+    assert [r["key"] for r in failed] == ["rte/hadamard/lr0.01/seed42/nall", "mrpc/hadamard/lr0.01/seed42/nall"]
+    assert failed[0]["error"] == "pelt: error: n=3 does not divide the hidden size (32)"
+    assert failed[0]["exit_code"] == 2
+    assert sum(r["status"] == "ok" for r in records) == 4
+    assert len(read_records(tmp_path / "results.jsonl")) == 6
+    # a restart runs nothing; --retry-failed reruns only the failures
+    again = FakeTrain(fail_lr=1e-2)
+    run_grid(specs, tmp_path, GridSettings(), runner=again, log=lambda _: None)
+    assert again.calls == []
+    retry = FakeTrain()
+    records = run_grid(specs, tmp_path, GridSettings(), runner=retry, retry_failed=True, log=lambda _: None)
+    assert retry.calls == ["rte/0.01", "mrpc/0.01"]
+    assert all(r["status"] == "ok" for r in records) and len(records) == 6
+
+
+def test_a_killed_grid_restarts_with_only_what_is_missing(tmp_path: Path) -> None:
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-4", "1e-3", "1e-2", "1e-1"], [42], [None])
+    killed = FakeTrain(kill_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(specs, tmp_path, GridSettings(), runner=killed, log=lambda _: None)
+    assert len(read_records(tmp_path / "results.jsonl")) == 2
+    with open(tmp_path / "results.jsonl", "a") as handle:
+        handle.write('{"key": "rte/hadamard/lr0.01')  # a record cut short by the kill
+    resumed = FakeTrain()
+    records = run_grid(specs, tmp_path, GridSettings(), runner=resumed, log=lambda _: None)
+    assert resumed.calls == ["rte/0.01", "rte/0.1"]
+    assert len(records) == 4
+
+
+def test_run_command_carries_the_spec(tmp_path: Path) -> None:
+    specs = expand_grid(["hadamard:top_k=2:train_layernorm=false"], ["sst2"], ["1e-3"], [7], [100],
+                        low_resource=True, eval_steps=250)
+    seen: list[list[str]] = []
+    run_grid(specs, tmp_path, GridSettings("data", "model-dir", "compacter", ["--batch-size", "8"]),
+             runner=lambda cmd, out: (seen.append(cmd), (1, ""))[1], log=lambda _: None)
+    cmd = " ".join(seen[0])
+    for part in ("--task sst2", "--method hadamard", "--lr 0.001", "--seed 7", "--split-protocol compacter",
+                 "--top-k 2", "--no-train-layernorm", "--max-train-samples 100", "--epochs 1000", "--eval-steps 250",
+                 "--data-dir data", "--model model-dir", "--batch-size 8"):
+        assert part in cmd
+
+
+# ---- selection, report and figures --------------------------------------------------------------------------------
+
+
+def _record(variant: str, task: str, lr: float, validation: float, test: float, *, seed: int = 42,
+            size: int | None = None, percent: float = 0.1, metric: str = "accuracy") -> dict:
+    return {"key": f"{task}/{variant}/lr{lr:g}/seed{seed}/n{size}", "status": "ok", "variant": variant,
+            "method": variant, "task": task, "learning_rate": lr, "seed": seed, "train_size": size,
+            "main_metric": metric, "selection_split": "validation",
+            "metrics": {"validation": {metric: validation}, "test": {metric: test}},
+            "parameters": {"method_percent": percent}, "peak_memory_mb": 1000.0, "ms_per_step": 100.0}
+
+
+def test_learning_rate_is_picked_on_validation_not_test() -> None:
+    records = [
+        _record("hadamard", "rte", 1e-3, validation=0.60, test=0.70),  # best test, worse validation
+        _record("hadamard", "rte", 1e-2, validation=0.65, test=0.55),  # best validation: this one is reported
+        _record("hadamard", "rte", 1e-1, validation=0.50, test=0.80),
+        {"key": "rte/hadamard/lr1/seed42/nNone", "status": "failed", "variant": "hadamard", "task": "rte",
+         "learning_rate": 1.0, "seed": 42, "train_size": None, "error": "boom"},
+    ]
+    (pick,) = select_best(records)
+    assert (pick.learning_rate, pick.validation, pick.test) == (1e-2, 0.65, {"accuracy": 0.55})
+
+
+def test_seeds_are_selected_separately_then_averaged() -> None:
+    records = [
+        _record("full", "rte", 1e-4, 0.7, 0.60, seed=1), _record("full", "rte", 1e-3, 0.6, 0.90, seed=1),
+        _record("full", "rte", 1e-4, 0.5, 0.10, seed=2), _record("full", "rte", 1e-3, 0.6, 0.70, seed=2),
+    ]
+    (pick,) = select_best(records)
+    assert pick.learning_rates == [1e-4, 1e-3] and pick.test["accuracy"] == pytest.approx(0.65)
+    assert pick.seeds == 2
+
+
+def _hand_made_grid(folder: Path) -> Path:
+    records = []
+    for variant, percent, base in (("full", 100.0, 0.8), ("hadamard", 0.04, 0.75), ("compacter++", 0.05, 0.7)):
+        for task in ("rte", "mrpc"):
+            for lr, bump in ((1e-3, 0.0), (1e-2, 0.01)):
+                records.append(_record(variant, task, lr, base + bump, base + bump - 0.02, percent=percent))
+        for size in (100, 500, 1000, 2000):
+            records.append(_record(variant, "sst2", 1e-3, base, base - 0.1 + size / 1e4, size=size, percent=percent))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_report_tables_and_both_figures_from_a_results_file(tmp_path: Path) -> None:
+    folder = _hand_made_grid(tmp_path / "grid")
+    report = write_report(read_records(folder / "results.jsonl"), folder, title="Hand-made")
+    text = report.read_text()
+    assert "| method | % trained | rte | mrpc | sst2 | average |" in text
+    # full: rte 0.79, mrpc 0.79, sst2 (largest size 2000) 0.7 + 0.2 = 0.9 -> average 82.7
+    assert "| full | 100.0000 | 79.0 | 79.0 | 90.0 | 82.7 |" in text
+    # hadamard on sst2: 0.75 - 0.1 + n / 1e4 for n = 100, 500, 1000, 2000
+    assert "## Score vs training-set size" in text and "| sst2 | hadamard | 66.0 | 70.0 | 75.0 | 85.0 |" in text
+    for figure in ("scores_vs_params.png", "scores_vs_train_size.png"):
+        data = (folder / figure).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+        assert f"![{figure}]({figure})" in text
+
+
+def test_report_command_and_its_errors(tmp_path: Path, capsys) -> None:
+    folder = _hand_made_grid(tmp_path / "grid")
+    assert main(["report", "--grid-dir", str(folder)]) == 0
+    assert (folder / "report.md").exists()
+    assert main(["report", "--grid-dir", str(tmp_path / "none")]) == 2
+    assert "results.jsonl not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "results.jsonl").write_text("")
+    assert main(["report", "--grid-dir", str(tmp_path / "empty")]) == 2
+
+
+def test_cli_sweep_runs_real_processes_and_records_a_failure(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
+    """Two real `pelt train` processes on a tiny model: one trains, one fails (n=3 cannot divide hidden 32)."""
+    data = write_sst2(tmp_path / "glue", separable_rows(40), separable_rows(20, seed=1))
+    grid = tmp_path / "grid"
+    code = main(["sweep", "--grid-dir", str(grid), "--methods", "hadamard", "compacter:n=3", "--tasks", "sst2",
+                 "--lrs", "1e-2", "--model", str(tiny_model_dir), "--data-dir", str(data),
+                 "--split-protocol", "standard", "--train-args", "--epochs 1 --batch-size 8"])
+    assert code == 0
+    records = {r["variant"]: r for r in read_records(grid / "results.jsonl")}
+    assert records["hadamard"]["status"] == "ok" and "validation" in records["hadamard"]["metrics"]
+    assert records["compacter:n=3"]["status"] == "failed"
+    assert "n=3 does not divide" in records["compacter:n=3"]["error"]
+    assert (grid / "report.md").exists()
+    assert "report:" in capsys.readouterr().out
