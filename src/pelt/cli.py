@@ -198,6 +198,21 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
     sweep.add_argument("--train-args", default="", help="further `pelt train` flags for every run, quoted")
     sweep.add_argument("--retry-failed", action="store_true", help="run failed runs again")
 
+    bench = sub.add_parser("bench", help="efficiency table: trained %%, step time, throughput, peak memory, "
+                                         "largest batch in a memory budget, each method in its own process")
+    bench.add_argument("--methods", nargs="+", required=True,
+                       help="methods (name or name:key=value:...); 'frozen' trains the head only; list full first "
+                            "for ratios")
+    _common_model_args(bench)
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--seq-len", type=int, default=128)
+    bench.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--memory-budget-mb", type=float, default=None,
+                       help="also find the largest batch whose peak memory fits this budget")
+    bench.add_argument("--epoch-examples", type=int, default=None, help="also report minutes per epoch of N examples")
+    bench.add_argument("--output-dir", default=None, help="write efficiency.md and efficiency.json there")
+
     report = sub.add_parser("report", help="tables and figures of a grid (written next to its results)")
     report.add_argument("--grid-dir", required=True)
     report.add_argument("--title", default=None)
@@ -311,6 +326,24 @@ def _sweep(args: argparse.Namespace) -> None:
         print(f"report: {write_report(records, args.grid_dir)}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from pelt.harness.efficiency import efficiency_table, markdown
+
+    for name, value in (("batch-size", args.batch_size), ("seq-len", args.seq_len), ("steps", args.steps)):
+        if value < 1:
+            raise PeltError(f"--{name} must be at least 1, got {value}")
+    rows = efficiency_table(args.methods, args.model, batch_size=args.batch_size, seq_len=args.seq_len,
+                            steps=args.steps, warmup=args.warmup, memory_budget_mb=args.memory_budget_mb,
+                            epoch_examples=args.epoch_examples, log=lambda line: print(line, file=sys.stderr))
+    table = markdown(rows, memory_budget_mb=args.memory_budget_mb, epoch_examples=args.epoch_examples)
+    print(table)
+    if args.output_dir:
+        folder = Path(args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "efficiency.md").write_text(table)
+        (folder / "efficiency.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def _report(args: argparse.Namespace) -> None:
     from pelt.harness import RESULTS_NAME, read_records, write_report
 
@@ -359,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = _build_parser(_method_from_argv(argv))
         args = parser.parse_args(argv)
         {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
-         "sweep": _sweep, "report": _report}[args.command](args)
+         "sweep": _sweep, "report": _report, "bench": _bench}[args.command](args)
     except PeltError as e:
         print(f"pelt: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

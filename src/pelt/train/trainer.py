@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict
 from torch import nn
-from transformers import PrinterCallback, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from pelt import __version__
 from pelt.core import load_trained_weights, parameter_report, save_adapter, set_trainable
@@ -116,10 +116,13 @@ class _CheckpointCallback(TrainerCallback):
         record = {"stage": self.stage, "epoch": round(float(state.epoch or 0), 2), self.metric_key: value}
         self.history.append(record)
         meta = {**self.metadata, "checkpoint": record}
-        save_adapter(self.model, self.output_dir / LAST_DIR, metadata=meta)
+        main = state.is_world_process_zero  # under DDP every rank holds the same weights: one writes them
+        if main:
+            save_adapter(self.model, self.output_dir / LAST_DIR, metadata=meta)
         if value > self.best:
             self.best, self.best_epoch = value, record
-            save_adapter(self.model, self.output_dir / ADAPTER_DIR, metadata=meta)
+            if main:
+                save_adapter(self.model, self.output_dir / ADAPTER_DIR, metadata=meta)
 
 
 def _training_arguments(config: TrainConfig, formulation: Formulation, epochs: float, learning_rate: float,
@@ -195,7 +198,7 @@ def train_model(
     collator = formulation.collator(model)
     extra = formulation.arguments(encoded)
 
-    def run_stage(stage: str, epochs: float, lr: float) -> None:
+    def run_stage(stage: str, epochs: float, lr: float) -> Trainer:
         callback.stage = stage
         trainer = formulation.trainer_class(
             model=model,
@@ -207,6 +210,7 @@ def train_model(
             callbacks=[callback],
         )
         trainer.train()
+        return trainer
 
     total_steps = math.ceil(len(encoded["train"]) / config.batch_size) * config.epochs
     if config.warmup_steps and config.warmup_steps >= total_steps:
@@ -219,7 +223,8 @@ def train_model(
             set_trainable(model, method=False, head=True)
             run_stage("head", config.head_epochs, config.head_learning_rate)
         set_trainable(model, method=True, head=True)
-        run_stage("method", config.epochs, learning_rate)
+        trainer = run_stage("method", config.epochs, learning_rate)
+    trainer.accelerator.wait_for_everyone()  # the best checkpoint is on disk before any rank reads it
     train_seconds = time.perf_counter() - started
 
     load_trained_weights(model, output_dir / ADAPTER_DIR)
@@ -249,7 +254,8 @@ def train_model(
         "memory_kind": memory.kind,
         **(run_info or {}),
     }
-    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    if trainer.is_world_process_zero():
+        (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 

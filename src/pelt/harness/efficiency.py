@@ -1,0 +1,196 @@
+"""The efficiency table (the Compacter paper's Table 3): per method, % trained parameters, step time, throughput,
+peak memory and the largest batch that fits a memory budget, each also relative to full fine-tuning.
+
+Every measurement runs in a fresh process, so one method's allocations never inflate another's peak: peak RSS on
+CPU (the process's, runtime included), the allocator's peak on CUDA. A step is forward + backward + AdamW step on
+a fixed batch × length of random tokens (no padding, so every method sees the same shape). The largest batch
+is found by measuring the peak at two batch sizes, extrapolating the straight line through them (activations
+grow linearly with the batch; weights and optimizer state do not), then checking the prediction by a
+measurement and stepping down until it fits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pelt.errors import PeltError
+from pelt.harness.grid import parse_variant
+
+__all__ = ["FROZEN", "StepMeasure", "efficiency_table", "measure_in_subprocess", "measure_step"]
+
+FROZEN = "frozen"  # only the task head trains: no gradient enters the backbone (a reference, not a method)
+
+
+@dataclass
+class StepMeasure:
+    variant: str
+    batch_size: int
+    seq_len: int
+    ms_per_step: float
+    examples_per_second: float
+    peak_memory_mb: float
+    memory_kind: str
+    method_percent: float
+    trained_params: int
+    device: str
+    threads: int
+
+
+def measure_step(variant: str, model: str | None, batch_size: int, seq_len: int, steps: int = 5,
+                 warmup: int = 2) -> StepMeasure:
+    """Time `steps` training steps of `variant` (after `warmup`) in this process; median time, peak memory."""
+    import torch
+
+    import pelt
+    from pelt.models import is_seq2seq, load_classifier, load_config
+    from pelt.train.memory import PeakMemory
+
+    seq2seq = is_seq2seq(load_config(model))
+    torch.manual_seed(0)
+    base, tokenizer = load_classifier(model, 2, kind="text-to-text" if seq2seq else "sequence-classification")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base.to(device)
+    if variant == FROZEN:
+        pelt.apply_method(base, pelt.make_config("full"))
+        pelt.set_trainable(base, method=False, head=True)
+    else:
+        method, options = parse_variant(variant)
+        pelt.apply_method(base, pelt.make_config(method, **options))
+    report = pelt.parameter_report(base)
+    base.train()
+    low = min(1000, tokenizer.vocab_size - 1)
+    batch = {"input_ids": torch.randint(low, tokenizer.vocab_size, (batch_size, seq_len), device=device),
+             "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long, device=device)}
+    batch["labels"] = (torch.randint(low, tokenizer.vocab_size, (batch_size, 4), device=device) if seq2seq
+                       else torch.randint(0, 2, (batch_size,), device=device))
+    trainable = [p for p in base.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        base(**batch).loss.backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+    seconds = []
+    with PeakMemory() as memory:
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    return StepMeasure(variant, batch_size, seq_len, round(1000 * median, 1), round(batch_size / median, 1),
+                       memory.peak_mb or 0.0, memory.kind,
+                       0.0 if variant == FROZEN else report.percent(report.method_total),
+                       sum(p.numel() for p in trainable), device, torch.get_num_threads())
+
+
+def measure_in_subprocess(variant: str, model: str | None, batch_size: int, seq_len: int, steps: int,
+                          warmup: int) -> StepMeasure:
+    """`measure_step` in a fresh Python process: a clean peak, and an out-of-memory kill stays contained."""
+    cmd = [sys.executable, "-m", "pelt.harness.efficiency", "--variant", variant, "--batch-size", str(batch_size),
+           "--seq-len", str(seq_len), "--steps", str(steps), "--warmup", str(warmup)]
+    if model:
+        cmd += ["--model", str(model)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()] or [f"exit code {done.returncode}"]
+        raise PeltError(f"measuring {variant} at batch {batch_size} failed: {lines[-1][:300]}")
+    return StepMeasure(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def largest_batch(first: StepMeasure, second: StepMeasure, budget_mb: float, measure: Any,
+                  max_batch: int = 4096) -> tuple[int, float]:
+    """The largest batch (up to `max_batch`) whose measured peak fits `budget_mb` (0 if none does), and its peak."""
+    slope = (second.peak_memory_mb - first.peak_memory_mb) / (second.batch_size - first.batch_size)
+    fixed = first.peak_memory_mb - slope * first.batch_size
+    guess = min(int((budget_mb - fixed) / slope) if slope > 0 else max_batch, max_batch)
+    for _ in range(6):
+        if guess < 1:
+            return 0, math.nan
+        peak = measure(guess).peak_memory_mb
+        if peak <= budget_mb:
+            return guess, peak
+        guess = int(guess * 0.9)
+    return 0, math.nan
+
+
+def efficiency_table(variants: list[str], model: str | None, *, batch_size: int = 32, seq_len: int = 128,
+                     steps: int = 5, warmup: int = 2, memory_budget_mb: float | None = None,
+                     epoch_examples: int | None = None, log: Any = print) -> list[dict[str, Any]]:
+    """One row per variant (measured in its own processes), with ratios to full fine-tuning when it is listed."""
+    for variant in variants:
+        if variant != FROZEN:
+            parse_variant(variant)  # fail on a bad name before measuring anything
+    rows = []
+    for variant in variants:
+        log(f"measuring {variant} at batch {batch_size} x {seq_len}")
+        main = measure_in_subprocess(variant, model, batch_size, seq_len, steps, warmup)
+        row: dict[str, Any] = asdict(main)
+        if epoch_examples:
+            row["epoch_minutes"] = round(main.ms_per_step * math.ceil(epoch_examples / batch_size) / 60000, 2)
+        if memory_budget_mb:
+            def measure(b: int) -> StepMeasure:
+                log(f"  {variant}: peak at batch {b}")
+                return measure_in_subprocess(variant, model, b, seq_len, 1, 1)
+            second = measure(2 * batch_size)
+            row["largest_batch"], row["largest_batch_peak_mb"] = largest_batch(main, second, memory_budget_mb,
+                                                                               measure)
+        rows.append(row)
+    full = next((r for r in rows if r["variant"] == "full"), None)
+    for row in rows:
+        for key in ("ms_per_step", "peak_memory_mb", "examples_per_second", "largest_batch"):
+            if full and key in row and full.get(key):
+                row[f"{key}_vs_full"] = round(row[key] / full[key], 3)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], *, memory_budget_mb: float | None, epoch_examples: int | None) -> str:
+    shape = f"batch {rows[0]['batch_size']} × length {rows[0]['seq_len']}" if rows else ""
+    header = ["method", "% trained", "ms/step", "vs full", "examples/s", "peak MB", "vs full"]
+    if epoch_examples:
+        header.append(f"epoch of {epoch_examples:,} (min)")
+    if memory_budget_mb:
+        header += [f"largest batch in {memory_budget_mb:g} MB", "vs full"]
+    lines = [f"Steps at {shape} (forward + backward + AdamW), median; peak memory: "
+             f"{rows[0]['memory_kind'] if rows else ''} on {rows[0]['device'] if rows else ''}.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ratio = lambda row, key: f"{row[key]:.2f}×" if key in row else "–"  # noqa: E731
+    for row in rows:
+        cells = [row["variant"], f"{row['method_percent']:.4f}", f"{row['ms_per_step']:.0f}",
+                 ratio(row, "ms_per_step_vs_full"), f"{row['examples_per_second']:.1f}",
+                 f"{row['peak_memory_mb']:.0f}", ratio(row, "peak_memory_mb_vs_full")]
+        if epoch_examples:
+            cells.append(f"{row['epoch_minutes']:.1f}")
+        if memory_budget_mb:
+            cells += [str(row["largest_batch"]), ratio(row, "largest_batch_vs_full")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _worker() -> None:
+    parser = argparse.ArgumentParser(description="one efficiency measurement (run by pelt bench)")
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--seq-len", type=int, required=True)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    measured = measure_step(args.variant, args.model, args.batch_size, args.seq_len, args.steps, args.warmup)
+    print(json.dumps(asdict(measured)))
+
+
+if __name__ == "__main__":
+    _worker()
