@@ -86,6 +86,13 @@ def test_t5_formatter_gives_the_expected_strings(task: str) -> None:
     assert t5_targets(spec, example, "ids") == [by_id]
 
 
+def test_multirc_sentence_markup_is_dropped() -> None:
+    marked = {**EXAMPLES["multirc"], "paragraph": "<b>Sent 1: </b>Tom ran home.<br><b>Sent 2: </b>He ate.<br>"}
+    spec = get_task("multirc")
+    assert encoder_segments(spec, marked)[0] == "Sent 1: Tom ran home. Sent 2: He ate. "
+    assert t5_input(spec, marked).endswith("paragraph: Sent 1: Tom ran home. Sent 2: He ate. ")
+
+
 def test_record_trains_on_every_answer() -> None:
     example = {**EXAMPLES["record"], "answers": ["Paris", "the city of Paris"]}
     assert t5_targets(get_task("record"), example) == ["Paris", "the city of Paris"]

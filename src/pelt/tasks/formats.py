@@ -32,12 +32,24 @@ def clean_record_passage(passage: str) -> str:
     return re.sub(r"\n@highlight\n", ". ", passage)
 
 
+def clean_markup(text: str) -> str:
+    """Some MultiRC releases mark sentences up ("<b>Sent 1: </b>...<br>"); drop the tags as T5's preprocessing does."""
+    return re.sub(r"</?b>", "", re.sub(r"<br\s*/?>", " ", text))
+
+
+def _cleaned(spec: TaskSpec, example: dict[str, Any]) -> dict[str, Any]:
+    if spec.kind == "answer_options" and "paragraph" in example:
+        return {**example, "paragraph": clean_markup(example["paragraph"])}
+    return example
+
+
 def fill_placeholder(query: str, entity: str) -> str:
     return query.replace("@placeholder", entity)
 
 
 def encoder_segments(spec: TaskSpec, example: dict[str, Any]) -> tuple[str, ...]:
     """The one or two texts an encoder classifier reads (a text pair is joined by the tokenizer)."""
+    example = _cleaned(spec, example)
     return tuple(template.format(**example) for template in spec.segments)
 
 
@@ -73,6 +85,7 @@ def stsb_target(score: float) -> str:
 def t5_input(spec: TaskSpec, example: dict[str, Any], *, prefix: bool = True) -> str:
     """``"<task> field: text field: text"``; ReCoRD lists its candidate entities and cleans its passage."""
     parts = [spec.prefix] if prefix else []
+    example = _cleaned(spec, example)
     for field in spec.input_fields:
         value = example[field]
         if field == "entities":
