@@ -33,6 +33,8 @@ GRID = [
     ("multirc", "hadamard", HADAMARD + MULTIRC),
     ("copa", "full", FULL),
     ("cb", "full", FULL),
+    # at 1e-2 the adapter collapsed on MultiRC after the head stage (every option one class): its ÷3 neighbour
+    ("multirc", "hadamard-lr3e-3", [*HADAMARD[:3], "3e-3", *HADAMARD[4:], *MULTIRC]),
     ("multirc", "full", FULL + MULTIRC),
 ]
 COMMON = ["--split-protocol", "compacter", "--seed", "42", "--train-pooler"]
