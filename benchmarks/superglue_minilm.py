@@ -73,17 +73,23 @@ def write_report(results: dict[tuple[str, str], dict]) -> None:
         "| task | method | train examples | validation | test | trained % (method) | train time | ms/step |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for (task, label), r in results.items():
+    order = ["cb", "copa", "multirc"]
+    for (task, label), r in sorted(results.items(), key=lambda kv: order.index(kv[0][0])):
         sizes = r["split_sizes"]
         lines.append(
             f"| {task} | {label} | {sizes['train']:,} | {_fmt(r['metrics']['validation'])} | "
             f"{_fmt(r['metrics']['test'])} | {r['parameters']['method_percent']:.4f}% | "
             f"{r['train_seconds'] / 60:.1f} min | {r['ms_per_step']} |"
         )
-    sizes = {task: r["split_sizes"] for (task, _), r in results.items()}
+    sizes = {task: r["split_sizes"] for (task, _), r in sorted(results.items(), key=lambda kv: order.index(kv[0][0]))}
     lines += ["", "Split sizes (rows; MultiRC rows are answer options): " + "; ".join(
         f"{t} " + ", ".join(f"{k} {v:,}" for k, v in s.items()) for t, s in sizes.items()) + "."]
-    lines += ["", f"Machine: {os.cpu_count()} CPU cores."]
+    lines += ["", "Reference points: CB dev is 50% contradiction (accuracy 50, macro-F1 22 for the majority class);",
+              "COPA's chance is 50; on MultiRC, answering every option 'true' gives F1a ≈ 60 and EM ≈ 1, 'false' F1a 0.",
+              "MultiRC rows at F1a ≈ 57-60 / EM ≈ 0 predict (almost) every option true: 400 questions for 3 epochs (198",
+              "steps) do not teach this 22M-parameter encoder the task, with or without full fine-tuning.",
+              "Train times and ms/step were measured while other work shared the two cores.",
+              "", f"Machine: {os.cpu_count()} CPU cores."]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "minilm_superglue.md").write_text("\n".join(lines) + "\n")
     portable = {}
