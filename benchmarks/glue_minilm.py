@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -99,44 +97,18 @@ def run_training(data_dir: str, task: str, variant: str, lr: float, extra: list[
 
 
 def timing_worker(variant: str, steps: int, warmup: int) -> dict:
-    """Runs in its own process: time training steps of one variant at a fixed shape."""
-    import torch
+    """Runs in its own process: time training steps of one variant at a fixed shape (pelt bench's measurement)."""
+    from pelt.harness.efficiency import FROZEN as BENCH_FROZEN
+    from pelt.harness.efficiency import measure_step
 
-    import pelt
-    from pelt.models import load_classifier
-    from pelt.train.memory import PeakMemory
-
-    torch.manual_seed(0)
-    model, tokenizer = load_classifier(None, 2)
     if variant == FROZEN:
-        pelt.apply_method(model, pelt.make_config("full"), train_pooler=True)
-        pelt.set_trainable(model, method=False, head=True)
+        spec = BENCH_FROZEN
     else:
         method, options = VARIANTS[variant]
-        pelt.apply_method(model, pelt.make_config(method, **options), train_pooler=True)
-    model.train()
-    batch = {
-        "input_ids": torch.randint(1000, tokenizer.vocab_size, (32, 128)),
-        "attention_mask": torch.ones(32, 128, dtype=torch.long),
-        "labels": torch.randint(0, 2, (32,)),
-    }
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
-        optimizer.step()
-
-    for _ in range(warmup):
-        step()
-    seconds = []
-    with PeakMemory() as memory:
-        for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            seconds.append(time.perf_counter() - start)
-    return {"method": variant, "ms_per_step": 1000 * statistics.median(seconds), "peak_memory_mb": memory.peak_mb,
-            "memory_kind": memory.kind, "steps": steps, "threads": torch.get_num_threads()}
+        spec = ":".join([method, *(f"{k}={v}" for k, v in options.items())])
+    measured = measure_step(spec, None, 32, 128, steps, warmup, train_pooler=True)
+    return {"method": variant, "ms_per_step": measured.ms_per_step, "peak_memory_mb": measured.peak_memory_mb,
+            "memory_kind": measured.memory_kind, "steps": steps, "threads": measured.threads}
 
 
 def run_timing(variant: str, steps: int, warmup: int) -> dict:

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import T5_VOCAB, TINY_OPTIONS, cb_rows, t5_tokenizer, tiny_t5, write_jsonl
+from conftest import T5_VOCAB, TINY_OPTIONS, cb_rows, write_jsonl
 
 import pelt
 from pelt.cli import main
@@ -280,24 +280,16 @@ def test_protocol_defaults_and_overrides() -> None:
 # ---- training through each formulation --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def t5_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "t5"
-    tiny_t5().save_pretrained(folder)
-    t5_tokenizer().save_pretrained(folder)
-    return folder
-
-
 def _quick(tmp_path: Path, name: str, **overrides) -> TrainConfig:
     settings = {"epochs": 1, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 1000, **overrides}
     return TrainConfig(output_dir=str(tmp_path / name), **settings)
 
 
-def test_tiny_t5_overfits_16_examples_text_to_text(tmp_path: Path, t5_dir: Path) -> None:
+def test_tiny_t5_overfits_16_examples_text_to_text(tmp_path: Path, tiny_t5_dir: Path) -> None:
     rows = cb_rows(16)  # the label is the premise's first word: learnable
     data = write_jsonl(tmp_path / "sg" / "CB", {"train": rows, "val": rows}).parent
     config = _quick(tmp_path, "out", epochs=25, learning_rate=3e-3)
-    results = finetune("cb", pelt.make_config("full"), config, model=str(t5_dir), data_dir=data)
+    results = finetune("cb", pelt.make_config("full"), config, model=str(tiny_t5_dir), data_dir=data)
     assert results["formulation"] == {"formulation": "text-to-text", "target_style": "names", "task_prefix": True}
     assert results["metrics"]["validation"]["accuracy"] == 1.0
     assert results["metrics"]["validation"]["invalid"] == 0.0
@@ -306,21 +298,21 @@ def test_tiny_t5_overfits_16_examples_text_to_text(tmp_path: Path, t5_dir: Path)
     assert again["validation"]["accuracy"] == 1.0
 
 
-def test_an_untrained_t5_generation_is_scored_not_crashed(tmp_path: Path, t5_dir: Path) -> None:
+def test_an_untrained_t5_generation_is_scored_not_crashed(tmp_path: Path, tiny_t5_dir: Path) -> None:
     rows = cb_rows(6)
     data = write_jsonl(tmp_path / "sg" / "CB", {"train": rows, "val": rows}).parent
     results = finetune("cb", pelt.make_config("hadamard"), _quick(tmp_path, "o", learning_rate=1e-9),
-                       model=str(t5_dir), data_dir=data)
+                       model=str(tiny_t5_dir), data_dir=data)
     validation = results["metrics"]["validation"]
     assert 0.0 <= validation["invalid"] <= 1.0 and validation["accuracy"] <= 1.0 - validation["invalid"]
 
 
 @pytest.mark.parametrize("method", pelt.list_methods())
-def test_every_method_trains_and_evaluates_text_to_text(tmp_path: Path, t5_dir: Path, method: str) -> None:
+def test_every_method_trains_and_evaluates_text_to_text(tmp_path: Path, tiny_t5_dir: Path, method: str) -> None:
     rows = cb_rows(6)
     data = write_jsonl(tmp_path / "sg" / "CB", {"train": rows, "val": rows[:3]}).parent
     config = pelt.make_config(method, **TINY_OPTIONS.get(method, {}))
-    results = finetune("cb", config, _quick(tmp_path, "out", target_style="ids"), model=str(t5_dir), data_dir=data)
+    results = finetune("cb", config, _quick(tmp_path, "out", target_style="ids"), model=str(tiny_t5_dir), data_dir=data)
     assert set(results["metrics"]["validation"]) == {"accuracy", "macro_f1", "combined", "invalid"}
     saved = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
     assert (saved["formulation"], saved["target_style"], saved["task_prefix"]) == ("text-to-text", "ids", True)
@@ -363,11 +355,11 @@ def test_copa_scores_each_choice_with_one_output(tmp_path: Path, tiny_model_dir:
 # ---- command line ------------------------------------------------------------------------------------------------
 
 
-def test_cli_trains_t5_under_the_compacter_protocol_and_reevaluates(tmp_path: Path, t5_dir: Path, capsys) -> None:
+def test_cli_trains_t5_under_the_compacter_protocol_and_reevaluates(tmp_path: Path, tiny_t5_dir: Path, capsys) -> None:
     rows = cb_rows(12)
     data = write_jsonl(tmp_path / "sg" / "CB", {"train": rows, "val": cb_rows(8, seed=2)}).parent
     out = tmp_path / "run"
-    code = main(["train", "--task", "cb", "--model", str(t5_dir), "--data-dir", str(data), "--output-dir", str(out),
+    code = main(["train", "--task", "cb", "--model", str(tiny_t5_dir), "--data-dir", str(data), "--output-dir", str(out),
                  "--method", "lora", "--epochs", "1", "--batch-size", "4", "--split-protocol", "compacter",
                  "--target-style", "ids", "--no-task-prefix"])
     printed = capsys.readouterr().out

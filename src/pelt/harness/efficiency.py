@@ -45,8 +45,9 @@ class StepMeasure:
 
 
 def measure_step(variant: str, model: str | None, batch_size: int, seq_len: int, steps: int = 5,
-                 warmup: int = 2) -> StepMeasure:
-    """Time `steps` training steps of `variant` (after `warmup`) in this process; median time, peak memory."""
+                 warmup: int = 2, *, train_pooler: bool = False) -> StepMeasure:
+    """Time `steps` training steps of `variant` (after `warmup`) in this process; median time, peak memory.
+    `train_pooler` trains BERT's pooler with the head (as `pelt train --train-pooler`)."""
     import torch
 
     import pelt
@@ -59,11 +60,11 @@ def measure_step(variant: str, model: str | None, batch_size: int, seq_len: int,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base.to(device)
     if variant == FROZEN:
-        pelt.apply_method(base, pelt.make_config("full"))
+        pelt.apply_method(base, pelt.make_config("full"), train_pooler=train_pooler)
         pelt.set_trainable(base, method=False, head=True)
     else:
         method, options = parse_variant(variant)
-        pelt.apply_method(base, pelt.make_config(method, **options))
+        pelt.apply_method(base, pelt.make_config(method, **options), train_pooler=train_pooler)
     report = pelt.parameter_report(base)
     base.train()
     low = min(1000, tokenizer.vocab_size - 1)

@@ -19,7 +19,16 @@ from pathlib import Path
 import datasets
 
 from pelt.errors import PeltError
-from pelt.tasks.spec import _BY_KEY, TaskSpec, _normalize, get_task, list_tasks, official_splits, resolve_splits
+from pelt.tasks.spec import (
+    _BY_KEY,
+    TaskSpec,
+    _normalize,
+    find_subfolder,
+    get_task,
+    list_tasks,
+    official_splits,
+    resolve_splits,
+)
 
 __all__ = ["TaskSpec", "get_task", "list_tasks", "load_glue"]
 
@@ -78,17 +87,6 @@ def _features(spec: TaskSpec) -> datasets.Features:
     return datasets.Features(columns)
 
 
-def _find_child(folder: Path, spec: TaskSpec) -> Path | None:
-    """The task's folder inside `folder`, tolerating re-cased or re-punctuated names ("sst2", "sst-2")."""
-    exact = folder / spec.folder
-    if exact.is_dir():
-        return exact
-    for child in sorted(folder.iterdir()):
-        if child.is_dir() and _normalize(child.name) == _normalize(spec.folder):
-            return child
-    return None
-
-
 def _resolve_task_folder(spec: TaskSpec, data_dir: Path) -> Path:
     """Accept both the glue_data parent folder and the task folder itself."""
     if not data_dir.is_dir():
@@ -97,15 +95,14 @@ def _resolve_task_folder(spec: TaskSpec, data_dir: Path) -> Path:
             f"data folder {data_dir} {what}; pass --data-dir pointing at a glue_data-style folder "
             "(containing SST-2/...) or omit it to download from the hub"
         )
-    found = _find_child(data_dir, spec)
+    found = find_subfolder(data_dir, spec.folder)
     if found is not None:
         return found
-    # A data root holding glue/ (or glue_data/) next to superglue/.
-    for child in sorted(data_dir.iterdir()):
-        if child.is_dir() and _normalize(child.name) in ("glue", "gluedata"):
-            found = _find_child(child, spec)
-            if found is not None:
-                return found
+    for root_name in ("glue", "glue_data"):  # a data root holding glue/ next to superglue/
+        nested = find_subfolder(data_dir, root_name)
+        found = find_subfolder(nested, spec.folder) if nested is not None else None
+        if found is not None:
+            return found
     split_names = [_SPLIT_FILES[split] for split in official_splits(spec)]
     if any((data_dir / name).is_file() for name in split_names):
         own = _glue_spec(data_dir.name)

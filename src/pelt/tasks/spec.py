@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pelt.errors import PeltError
@@ -131,6 +132,14 @@ _ALIASES = {"rtesuperglue": "superglue-rte", "sgrte": "superglue-rte", "stsbench
 def _normalize(name: str) -> str:
     """Lower-case and drop punctuation so "SST-2", "sst2" and "Sst_2" all compare equal."""
     return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def find_subfolder(folder: Path, name: str) -> Path | None:
+    """`folder/name`, or the subfolder whose name matches ignoring case and punctuation ("sst2" for "SST-2")."""
+    if (folder / name).is_dir():
+        return folder / name
+    wanted = _normalize(name)
+    return next((c for c in sorted(folder.iterdir()) if c.is_dir() and _normalize(c.name) == wanted), None)
 
 
 _BY_KEY = {_normalize(name): spec for name, spec in _TASKS.items()}

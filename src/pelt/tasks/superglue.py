@@ -20,7 +20,7 @@ from typing import Any
 import datasets
 
 from pelt.errors import PeltError
-from pelt.tasks.spec import TaskSpec, _normalize, get_task, list_tasks
+from pelt.tasks.spec import TaskSpec, _normalize, find_subfolder, get_task, list_tasks
 
 __all__ = ["SUPERGLUE_TASKS", "load_superglue", "superglue_features"]
 
@@ -117,15 +117,6 @@ def _resolve_splits(spec: _Spec, splits: Sequence[str]) -> list[str]:
 _HELP_DATA_DIR = "pass --data-dir pointing at a SuperGLUE folder (containing CB/, MultiRC/, ...)"
 
 
-def _find_child(folder: Path, normalized: str) -> Path | None:
-    """The subfolder whose name matches ignoring case and punctuation, exact spelling first."""
-    children = sorted(child for child in folder.iterdir() if child.is_dir())
-    for child in children:
-        if _normalize(child.name) == normalized:
-            return child
-    return None
-
-
 def _resolve_task_folder(spec: _Spec, data_dir: Path) -> Path:
     """Accept the SuperGLUE folder, a data root holding superglue/, or the task folder itself."""
     if not data_dir.is_dir():
@@ -133,18 +124,13 @@ def _resolve_task_folder(spec: _Spec, data_dir: Path) -> Path:
         raise PeltError(
             f"data folder {data_dir} {what}; {_HELP_DATA_DIR} or omit it to download from the hub"
         )
-    wanted = _normalize(spec.folder)
-    if (data_dir / spec.folder).is_dir():
-        return data_dir / spec.folder
-    found = _find_child(data_dir, wanted)
+    found = find_subfolder(data_dir, spec.folder)
     if found is not None:
         return found
-    # A data root holding glue/ and superglue/ side by side.
-    nested = _find_child(data_dir, "superglue")
-    if nested is not None:
-        found = _find_child(nested, wanted)
-        if found is not None:
-            return found
+    nested = find_subfolder(data_dir, "superglue")  # a data root holding glue/ and superglue/ side by side
+    found = find_subfolder(nested, spec.folder) if nested is not None else None
+    if found is not None:
+        return found
     split_names = list(_SPLIT_FILES.values())
     if any((data_dir / name).is_file() for name in split_names):
         own = next(
