@@ -10,14 +10,14 @@ from pathlib import Path
 import torch.distributed as dist
 
 import pelt
-from pelt.models import load_classifier
+from pelt.models import load_pretrained
 from pelt.tasks import get_task, load_splits
 from pelt.train import TrainConfig, formulation_for, train_model
 
 
 def main(model_dir: str, data_dir: str, out: str) -> None:
     spec = get_task("sst2")
-    model, tokenizer = load_classifier(model_dir, spec.num_labels)
+    model, tokenizer = load_pretrained(model_dir, spec.num_labels)
     pelt.apply_method(model, pelt.HadamardConfig())
     config = TrainConfig(output_dir=out, epochs=2, learning_rate=1e-2, batch_size=4, warmup_steps=0,
                          recipe="joint", logging_steps=1000)

@@ -344,12 +344,12 @@ def test_superglue_encoder_formulations_train_and_reload(tmp_path: Path, tiny_mo
 def test_copa_scores_each_choice_with_one_output(tmp_path: Path, tiny_model_dir: Path) -> None:
     from transformers import BertForMultipleChoice
 
-    from pelt.models import load_classifier
+    from pelt.models import load_pretrained
 
-    model, _ = load_classifier(str(tiny_model_dir), 1, kind="multiple-choice")
+    model, _ = load_pretrained(str(tiny_model_dir), 1, kind="multiple-choice")
     assert isinstance(model, BertForMultipleChoice) and model.classifier.out_features == 1
     with pytest.raises(PeltError, match="not an encoder-decoder model"):
-        load_classifier(str(tiny_model_dir), 1, kind="text-to-text")
+        load_pretrained(str(tiny_model_dir), 1, kind="text-to-text")
 
 
 # ---- command line ------------------------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ def build_model_from_config(config: PretrainedConfig, *, device: str | torch.dev
         return AutoModelForSequenceClassification.from_config(config)
 
 
-def load_classifier(
+def load_pretrained(
     name: str | os.PathLike | None, num_labels: int, *, label_names: list[str] | None = None,
     kind: str = "sequence-classification",
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:

@@ -17,7 +17,7 @@ from transformers import set_seed
 from pelt.core import ParameterReport, apply_method, load_adapter, parameter_report, read_adapter_config
 from pelt.errors import PeltError
 from pelt.methods import MethodConfig, get_method
-from pelt.models import build_model_from_config, is_seq2seq, load_classifier, load_config, resolve_model
+from pelt.models import build_model_from_config, is_seq2seq, load_config, load_pretrained, resolve_model
 from pelt.tasks import TaskSpec, get_task, load_splits, protocol_splits
 from pelt.tasks.data import SplitProtocol
 from pelt.train import TrainConfig, evaluate_model, formulation_for, train_model
@@ -30,7 +30,7 @@ def _model_kind(spec: TaskSpec, model: str | None) -> str:
 
 
 def _load(spec: TaskSpec, model: str | None, kind: str) -> tuple[nn.Module, Any]:
-    return load_classifier(model, spec.num_labels, label_names=list(spec.label_names or []) or None, kind=kind)
+    return load_pretrained(model, spec.num_labels, label_names=list(spec.label_names or []) or None, kind=kind)
 
 
 def finetune(

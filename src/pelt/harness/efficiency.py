@@ -51,12 +51,12 @@ def measure_step(variant: str, model: str | None, batch_size: int, seq_len: int,
     import torch
 
     import pelt
-    from pelt.models import is_seq2seq, load_classifier, load_config
+    from pelt.models import is_seq2seq, load_config, load_pretrained
     from pelt.train.memory import PeakMemory
 
     seq2seq = is_seq2seq(load_config(model))
     torch.manual_seed(0)
-    base, tokenizer = load_classifier(model, 2, kind="text-to-text" if seq2seq else "sequence-classification")
+    base, tokenizer = load_pretrained(model, 2, kind="text-to-text" if seq2seq else "sequence-classification")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base.to(device)
     if variant == FROZEN:
