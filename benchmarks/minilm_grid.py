@@ -57,13 +57,15 @@ def main() -> None:
             for methods, lrs in GROUPS:
                 sweep(["--grid-dir", str(RESULTS / "minilm_grid"), "--methods", *methods, "--tasks", task,
                        "--lrs", *lrs, "--seeds", "42", "--max-train-samples", "sst2=2000",
-                       "--data-dir", args.data_dir, "--train-args", TRAIN_ARGS])
+                       "--data-dir", args.data_dir, "--train-args", TRAIN_ARGS,
+                       "--title", "MiniLM grid: every method on GLUE (bundled all-MiniLM-L6-v2, CPU)"])
     if args.part in ("lowres", "all"):
         for method, lr in LOWRES:
             sweep(["--grid-dir", str(RESULTS / "minilm_lowres"), "--methods", method, "--tasks", "sst2",
                    "--lrs", lr, "--seeds", "42", "--train-sizes", "100", "500", "1000", "2000", "--low-resource",
                    "--eval-steps", "250", "--data-dir", args.data_dir,
-                   "--train-args", "--batch-size 32 --warmup-ratio 0.06 --train-pooler --head-epochs 1 --head-lr 1e-2"])
+                   "--train-args", "--batch-size 32 --warmup-ratio 0.06 --train-pooler --head-epochs 1 --head-lr 1e-2",
+                   "--title", "MiniLM low-resource curve on SST-2 (bundled all-MiniLM-L6-v2, CPU)"])
 
 
 if __name__ == "__main__":

@@ -223,5 +223,10 @@ def test_cli_sweep_runs_real_processes_and_records_a_failure(tmp_path: Path, tin
     assert records["hadamard"]["status"] == "ok" and "validation" in records["hadamard"]["metrics"]
     assert records["compacter:n=3"]["status"] == "failed"
     assert "n=3 does not divide" in records["compacter:n=3"]["error"]
-    assert (grid / "report.md").exists()
+    assert records["hadamard"]["settings"] == {"model": str(tiny_model_dir), "split_protocol": "standard",
+                                                "train_args": "--epochs 1 --batch-size 8"}
+    report = (grid / "report.md").read_text()
+    assert report.startswith("# Grid grid\n")
+    assert f"Runs: {tiny_model_dir}, split protocol standard, `pelt train --epochs 1 --batch-size 8`." in report
+    assert "scores are that run's **validation** metrics" in report  # no test split under standard
     assert "report:" in capsys.readouterr().out

@@ -197,6 +197,7 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
                        help="compacter (default): learning rates picked on validation, test reported")
     sweep.add_argument("--train-args", default="", help="further `pelt train` flags for every run, quoted")
     sweep.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    sweep.add_argument("--title", default=None, help="title of the report")
 
     bench = sub.add_parser("bench", help="efficiency table: trained %%, step time, throughput, peak memory, "
                                          "largest batch in a memory budget, each method in its own process")
@@ -323,7 +324,8 @@ def _sweep(args: argparse.Namespace) -> None:
     records = run_grid(specs, args.grid_dir, settings, retry_failed=args.retry_failed,
                        log=lambda line: print(line, flush=True))
     if any(r.get("status") == "ok" for r in records):
-        print(f"report: {write_report(records, args.grid_dir)}")
+        title = args.title or f"Grid {Path(args.grid_dir).name}"
+        print(f"report: {write_report(records, args.grid_dir, title=title)}")
 
 
 def _bench(args: argparse.Namespace) -> None:

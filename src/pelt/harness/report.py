@@ -10,6 +10,7 @@ training-set size (its Fig. 4).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -96,6 +97,7 @@ def write_report(records: list[dict[str, Any]], folder: str | os.PathLike, *, ti
     lines = [f"# {title}", "",
              f"Each method's learning rate is picked on the validation split (best checkpoint's main metric); the "
              f"scores are that run's **{split}** metrics (×100), averaged over seeds. Written by `pelt report`.", "",
+             *_settings_lines(records),
              "## Summary", "",
              "| method | % trained | " + " | ".join(tasks) + " | average |",
              "|---|---|" + "---|" * len(tasks) + "---|"]
@@ -142,6 +144,17 @@ def write_report(records: list[dict[str, Any]], folder: str | os.PathLike, *, ti
     path = folder / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _settings_lines(records: list[dict[str, Any]]) -> list[str]:
+    """What the runs shared (model, split protocol, `pelt train` flags), as recorded by `pelt sweep`."""
+    seen = {json.dumps(r["settings"], sort_keys=True) for r in records if r.get("settings")}
+    lines = []
+    for text in sorted(seen):
+        settings = json.loads(text)
+        flags = f", `pelt train {settings['train_args']}`" if settings.get("train_args") else ""
+        lines.append(f"Runs: {settings['model']}, split protocol {settings['split_protocol']}{flags}.")
+    return [*lines, ""] if lines else []
 
 
 def _fmt(value: float | None) -> str:

@@ -97,7 +97,10 @@ def run_grid(
         log(f"[{number}/{len(todo)}] {spec.key}")
         started = time.time()
         code, stderr = run(cmd, output_dir)
-        record: dict[str, Any] = {"key": spec.key, **spec.to_dict(), "seconds": round(time.time() - started, 1)}
+        record: dict[str, Any] = {"key": spec.key, **spec.to_dict(), "seconds": round(time.time() - started, 1),
+                                  "settings": {"model": settings.model or "bundled all-MiniLM-L6-v2",
+                                               "split_protocol": settings.split_protocol,
+                                               "train_args": " ".join(settings.extra_args)}}
         results_json = output_dir / "results.json"
         if code == 0 and results_json.exists():
             record |= {"status": "ok", **_summary(json.loads(results_json.read_text()))}
