@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
     parser.add_argument("--part", choices=["grid", "lowres", "all"], default="all")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS,
+                        help="where the grid folders go (default: benchmarks/results next to this script)")
     args = parser.parse_args()
     if not args.data_dir:
         sys.exit("pass --data-dir (a data root holding glue/) or set PELT_DATA_DIR")
@@ -55,13 +57,13 @@ def main() -> None:
     if args.part in ("grid", "all"):
         for task in args.tasks:
             for methods, lrs in GROUPS:
-                sweep(["--grid-dir", str(RESULTS / "minilm_grid"), "--methods", *methods, "--tasks", task,
+                sweep(["--grid-dir", str(args.results_dir / "minilm_grid"), "--methods", *methods, "--tasks", task,
                        "--lrs", *lrs, "--seeds", "42", "--max-train-samples", "sst2=2000",
                        "--data-dir", args.data_dir, "--train-args", TRAIN_ARGS,
                        "--title", "MiniLM grid: every method on GLUE (bundled all-MiniLM-L6-v2, CPU)"])
     if args.part in ("lowres", "all"):
         for method, lr in LOWRES:
-            sweep(["--grid-dir", str(RESULTS / "minilm_lowres"), "--methods", method, "--tasks", "sst2",
+            sweep(["--grid-dir", str(args.results_dir / "minilm_lowres"), "--methods", method, "--tasks", "sst2",
                    "--lrs", lr, "--seeds", "42", "--train-sizes", "100", "500", "1000", "2000", "--low-resource",
                    "--eval-steps", "250", "--data-dir", args.data_dir,
                    "--train-args", "--batch-size 32 --warmup-ratio 0.06 --train-pooler --head-epochs 1 --head-lr 1e-2",

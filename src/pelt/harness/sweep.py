@@ -49,7 +49,8 @@ def _run_process(cmd: list[str], output_dir: Path) -> tuple[int, str]:
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "train.log", "w") as out, open(output_dir / "train.err", "w") as err:
         code = subprocess.run(cmd, stdout=out, stderr=err).returncode
-    return code, (output_dir / "train.err").read_text(errors="replace")
+    err = output_dir / "train.err"
+    return code, err.read_text(errors="replace") if err.exists() else ""  # the folder may have been removed
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
