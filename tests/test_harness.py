@@ -230,3 +230,15 @@ def test_cli_sweep_runs_real_processes_and_records_a_failure(tmp_path: Path, tin
     assert f"Runs: {tiny_model_dir}, split protocol standard, `pelt train --epochs 1 --batch-size 8`." in report
     assert "scores are that run's **validation** metrics" in report  # no test split under standard
     assert "report:" in capsys.readouterr().out
+
+
+def test_a_run_whose_folder_vanishes_is_reported_not_a_crash(tmp_path: Path) -> None:
+    import sys
+
+    from pelt.harness.sweep import _run_process
+
+    out = tmp_path / "run"
+    remove_own_folder = "import shutil, sys; sys.stderr.write('bye'); shutil.rmtree(sys.argv[1]); sys.exit(3)"
+    assert _run_process([sys.executable, "-c", remove_own_folder, str(out)], out) == (3, "")
+    assert _run_process([sys.executable, "-c", "import sys; sys.stderr.write('pelt: error: x')"], out) == (
+        0, "pelt: error: x")
