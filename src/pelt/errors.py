@@ -7,3 +7,12 @@ and how to fix it, without relying on a traceback.
 
 class PeltError(Exception):
     """A user-facing error: bad input, an impossible configuration, a mismatched adapter."""
+
+
+def hub_failure(task: str, source: str, exc: Exception, local: str) -> PeltError:
+    """Any hub, network or cache failure means the same to a user: say so in one line, and what to use instead."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return PeltError(
+        f"could not load {task} from the hub ({source}): {type(exc).__name__}: {reason[:300]}; "
+        f"pass --data-dir pointing at {local} instead"
+    )

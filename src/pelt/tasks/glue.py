@@ -11,14 +11,13 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 
-from pelt.errors import PeltError
+from pelt.errors import PeltError, hub_failure
 from pelt.tasks.spec import (
     _BY_KEY,
     TaskSpec,
@@ -237,11 +236,7 @@ def _load_hub(spec: TaskSpec, splits: list[str]) -> datasets.DatasetDict:
     except PeltError:
         raise
     except Exception as exc:  # noqa: BLE001 - any hub/network/cache failure means the same to users
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise PeltError(
-            f"could not load {spec.name} from the hub ({HUB_DATASET}): {type(exc).__name__}: "
-            f"{reason[:300]}; pass --data-dir pointing at a local glue_data folder instead"
-        ) from None
+        raise hub_failure(spec.name, HUB_DATASET, exc, "a local glue_data folder") from None
     return result
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import datasets
 
-from pelt.errors import PeltError
+from pelt.errors import PeltError, hub_failure
 from pelt.tasks.spec import TaskSpec, _normalize, find_subfolder, get_task, list_tasks
 
 __all__ = ["SUPERGLUE_TASKS", "load_superglue", "superglue_features"]
@@ -183,6 +183,14 @@ class _Line:
             )
         return value
 
+    def objects(self, obj: dict[str, Any], key: str, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+        """The JSON objects of the list ``obj[key]``, each with its dotted path (``where.key[i]``)."""
+        prefix = f"{where}.{key}" if where else key
+        for i, item in enumerate(self.get(obj, key, where, list)):
+            if not isinstance(item, dict):
+                raise self.error(f"{prefix}[{i}] must be an object; {self.official()}")
+            yield f"{prefix}[{i}]", item
+
     def text(self, obj: dict[str, Any], key: str, where: str = "") -> str:
         return self.get(obj, key, where, str)
 
@@ -267,16 +275,10 @@ def _rows_multirc(line: _Line, obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
     paragraph_idx = line.integer(obj, "idx")
     passage = line.get(obj, "passage", "", dict)
     paragraph = line.text(passage, "text", "passage")
-    for q, question in enumerate(line.get(passage, "questions", "passage", list)):
-        where = f"passage.questions[{q}]"
-        if not isinstance(question, dict):
-            raise line.error(f"{where} must be an object; {line.official()}")
+    for where, question in line.objects(passage, "questions", "passage"):
         text = line.text(question, "question", where)
         question_idx = line.integer(question, "idx", where)
-        for a, answer in enumerate(line.get(question, "answers", where, list)):
-            answer_where = f"{where}.answers[{a}]"
-            if not isinstance(answer, dict):
-                raise line.error(f"{answer_where} must be an object; {line.official()}")
+        for answer_where, answer in line.objects(question, "answers", where):
             yield {
                 "paragraph": paragraph,
                 "question": text,
@@ -299,10 +301,7 @@ def _rows_record(line: _Line, obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
     passage = line.get(obj, "passage", "", dict)
     text = line.text(passage, "text", "passage")
     spans: list[tuple[int, int]] = []
-    for e, entity in enumerate(line.get(passage, "entities", "passage", list)):
-        where = f"passage.entities[{e}]"
-        if not isinstance(entity, dict):
-            raise line.error(f"{where} must be an object; {line.official()}")
+    for where, entity in line.objects(passage, "entities", "passage"):
         start = line.integer(entity, "start", where)
         end = line.integer(entity, "end", where)
         if not 0 <= start <= end < len(text):
@@ -313,10 +312,7 @@ def _rows_record(line: _Line, obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
         spans.append((start, end))
     # Sorted by start so the order is the passage's, as the hub's entity_spans are.
     entities = _distinct([text[start:end + 1] for start, end in sorted(spans)])
-    for q, qa in enumerate(line.get(obj, "qas", "", list)):
-        where = f"qas[{q}]"
-        if not isinstance(qa, dict):
-            raise line.error(f"{where} must be an object; {line.official()}")
+    for where, qa in line.objects(obj, "qas"):
         query = line.text(qa, "query", where)
         if _PLACEHOLDER not in query:
             raise line.error(
@@ -325,11 +321,7 @@ def _rows_record(line: _Line, obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
             )
         if "answers" not in qa:
             raise line.unlabeled(f"{where} has no 'answers' field")
-        answers: list[str] = []
-        for a, answer in enumerate(line.get(qa, "answers", where, list)):
-            if not isinstance(answer, dict):
-                raise line.error(f"{where}.answers[{a}] must be an object; {line.official()}")
-            answers.append(line.text(answer, "text", f"{where}.answers[{a}]"))
+        answers = [line.text(a, "text", a_where) for a_where, a in line.objects(qa, "answers", where)]
         if not answers:
             raise line.unlabeled(f"{where}.answers is empty")
         yield {
@@ -461,12 +453,8 @@ def _load_hub(spec: _Spec, splits: list[str]) -> datasets.DatasetDict:
     except PeltError:
         raise
     except Exception as exc:  # noqa: BLE001 - any hub/network/cache failure means the same to users
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise PeltError(
-            f"could not load {spec.name} from the hub ({HUB_DATASET}, config {spec.hub_config}): "
-            f"{type(exc).__name__}: {reason[:300]}; pass --data-dir pointing at a local SuperGLUE "
-            "folder instead"
-        ) from None
+        raise hub_failure(spec.name, f"{HUB_DATASET}, config {spec.hub_config}", exc, "a local SuperGLUE folder") \
+            from None
     return result
 
 
