@@ -191,3 +191,30 @@ def cb_rows(n: int, seed: int = 0) -> list[dict]:
         words = " ".join(f"w{w}" for w in torch.randint(10, 50, (4,), generator=g).tolist())
         rows.append({"premise": f"w{label} {words}", "hypothesis": words, "label": names[label], "idx": i})
     return rows
+
+
+# ---- the command line, called in-process ---------------------------------------------------------------------
+
+
+def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop anything printed before
+    from pelt.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_bad_input(capsys: pytest.CaptureFixture, argv: list[object], *facts: str) -> str:
+    """rc 2, exactly one stderr line 'pelt: error: ...' that contains every fact, and no traceback."""
+    rc, out, err = run(capsys, *argv)
+    assert "Traceback" not in out + err
+    assert rc == 2, (rc, out, err)  # pelt.cli.EXIT_BAD_INPUT
+    assert err.endswith("\n"), err
+    lines = err.replace("\r", "\n").splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {err!r}"
+    line = lines[0]
+    assert line.startswith("pelt: error: "), line
+    for fact in facts:
+        assert fact in line, f"{fact!r} not in {line!r}"
+    return line

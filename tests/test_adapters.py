@@ -146,7 +146,7 @@ def test_phm_layer_rejects_n_not_dividing_its_sizes() -> None:
     ("pfeiffer", {"placement": "cross"}, "placement must be one of"),
     ("adapter", {"non_linearity": "softmax"}, "non_linearity"),
     ("adapterdrop", {"drop_first": -1}, "drop_first"),
-    ("adapterdrop", {"top_k": 2}, "drop_first=5 and layers/top_k both choose"),
+    ("adapterdrop", {"top_k": 2}, "drop_first=5 and layers/top_k/bottom_k both choose"),
     ("compacter", {"phm_path": "fast"}, "phm_path must be one of"),
     ("adapter", {"init_std": 0.0}, "init_std"),
 ])

@@ -23,8 +23,8 @@ from transformers import (  # noqa: E402
 
 import pelt  # noqa: E402
 import pelt.core  # noqa: E402
-from conftest import separable_rows, write_sst2  # noqa: E402
-from pelt.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, main  # noqa: E402
+from conftest import assert_bad_input, run, separable_rows, write_sst2  # noqa: E402
+from pelt.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED  # noqa: E402
 
 # Hidden size 32, 3 layers: W and b (32 each) per layer + the attention LayerNorm (2 x 32) per layer.
 TINY_METHOD_TOTAL = 2 * 32 * 3 * 2
@@ -38,26 +38,6 @@ def _work_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
-    capsys.readouterr()  # drop anything printed before
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_bad_input(capsys: pytest.CaptureFixture, argv: list[object], *facts: str) -> str:
-    """rc 2, exactly one stderr line 'pelt: error: ...' that contains every fact, and no traceback."""
-    rc, out, err = run(capsys, *argv)
-    assert "Traceback" not in out + err
-    assert rc == EXIT_BAD_INPUT, (rc, out, err)
-    assert err.endswith("\n"), err
-    lines = err.replace("\r", "\n").splitlines()
-    assert len(lines) == 1, f"expected one stderr line, got {err!r}"
-    line = lines[0]
-    assert line.startswith("pelt: error: "), line
-    for fact in facts:
-        assert fact in line, f"{fact!r} not in {line!r}"
-    return line
 
 
 def json_document(out: str) -> dict:

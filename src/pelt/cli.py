@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import sys
-import types
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,40 +21,26 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-def _parse_int_list(text: str) -> list[int]:
-    """'8,9,10' or '4-11' or '0,2,6-11' -> a sorted list of layer indices."""
-    values: set[int] = set()
-    try:
-        for part in text.split(","):
-            if "-" in part.strip()[1:]:
-                lo, hi = part.split("-", 1)
-                values.update(range(int(lo), int(hi) + 1))
-            else:
-                values.add(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a list of integers like 8,9,10 or 4-11") from None
-    return sorted(values)
-
-
-def _parse_int_sequence(text: str) -> list[int]:
-    """'101,2054,2003' -> [101, 2054, 2003], order and repeats kept (token ids)."""
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+def _argument_type(parse: Any, example: str) -> Any:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {example}") from None
+    return convert
 
 
 def _add_method_options(parser: argparse.ArgumentParser, config_class: type) -> list[str]:
     """One flag per config field; returns the field names."""
-    hints = typing.get_type_hints(config_class)
+    from pelt.methods.base import option_type, parse_int_list, parse_int_sequence
+
+    int_list = _argument_type(parse_int_list, "a list of integers like 8,9,10 or 4-11")
+    int_sequence = _argument_type(parse_int_sequence, "a comma-separated list of integers")
     group = parser.add_argument_group(f"options of method '{config_class.method}'")
     names = []
     for f in dataclasses.fields(config_class):
-        kind = hints[f.name]
+        kind = option_type(config_class, f.name)
         args = typing.get_args(kind)
-        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
-            kind = next(a for a in args if a is not type(None))
-            args = typing.get_args(kind)
         flag = "--" + f.name.replace("_", "-")
         help_text = f.metadata.get("help", "")
         default = None if f.default is dataclasses.MISSING else f.default
@@ -67,10 +52,10 @@ def _add_method_options(parser: argparse.ArgumentParser, config_class: type) -> 
                                default=None, metavar="A,B", help=f"{help_text} (default: {','.join(default or [])})")
         elif typing.get_origin(kind) is list:
             if f.metadata.get("keep_order"):
-                group.add_argument(flag, dest=f"m_{f.name}", type=_parse_int_sequence, default=None,
+                group.add_argument(flag, dest=f"m_{f.name}", type=int_sequence, default=None,
                                    metavar="I,J,K", help=help_text)
             else:
-                group.add_argument(flag, dest=f"m_{f.name}", type=_parse_int_list, default=None, metavar="LIST",
+                group.add_argument(flag, dest=f"m_{f.name}", type=int_list, default=None, metavar="LIST",
                                    help=f"{help_text} (e.g. 8,9,10,11 or 8-11)")
         elif typing.get_origin(kind) is typing.Literal:
             group.add_argument(flag, dest=f"m_{f.name}", choices=list(args), default=None,
@@ -218,12 +203,81 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
     report.add_argument("--grid-dir", required=True)
     report.add_argument("--title", default=None)
 
+    _add_analyze_parser(sub)
+
     tasks = sub.add_parser("tasks", help="list the tasks with their metrics and protocol defaults")
     tasks.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"),
                        help="also load each task found there and print its split sizes")
     _split_args(tasks, default="standard")
     tasks.add_argument("--task", action="append", default=None, help="only these tasks")
     return parser
+
+
+def _add_analyze_parser(sub: Any) -> None:
+    analyze = sub.add_parser("analyze", help="the Hadamard paper's analyses: attention-output norms, fitting "
+                                             "functions, layer and module ablations, shared adapters")
+    kinds = analyze.add_subparsers(dest="analysis", required=True)
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--output-dir", required=True, help="where the tables, figures (and runs) go")
+        _common_model_args(parser)
+        parser.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
+
+    finetuned_help = ("a full fine-tuning adapter folder of the task (pelt train --method full --split-protocol "
+                      "compacter ...): the 'after' of the comparison")
+    norms = kinds.add_parser("norms", help="per-layer norms of the self-attention outputs before and after full "
+                                           "fine-tuning (the paper's Fig. 1)")
+    norms.add_argument("--finetuned", required=True, help=finetuned_help)
+    common(norms)
+    norms.add_argument("--max-examples", type=int, default=512, help="validation examples captured")
+    fit = kinds.add_parser("fit", help="fit the fine-tuned attention outputs from the base ones with several "
+                                       "function classes, and score the task with the fits (the paper's Fig. 2)")
+    fit.add_argument("--finetuned", required=True, help=finetuned_help)
+    common(fit)
+    fit.add_argument("--functions", nargs="+", default=None,
+                     help="function classes (default: identity bias scalar hadamard linear mlp)")
+    fit.add_argument("--fit-examples", type=int, default=256, help="training examples whose tokens are fitted")
+    fit.add_argument("--heldout-examples", type=int, default=256, help="validation examples the fits are judged on")
+    fit.add_argument("--mlp-steps", type=int, default=400, help="optimizer steps of the non-linear fit")
+
+    for name, text in (("layers", "the Hadamard adapter on the top k / bottom k layers (the paper's Fig. 4)"),
+                       ("modules", "train W, b, the LayerNorm and their combinations, on all layers and on each "
+                                   "layer alone (the paper's Fig. 5)")):
+        parser = kinds.add_parser(name, help=text + "; a resumable grid of runs")
+        parser.add_argument("--task", required=True)
+        common(parser)
+        parser.add_argument("--lr", type=float, default=5e-3, help="learning rate of every run (default 5e-3)")
+        parser.add_argument("--seed", type=int, default=42)
+        parser.add_argument("--max-train-samples", type=int, default=None, help="seeded training subsample")
+        parser.add_argument("--split-protocol", choices=["standard", "compacter"], default="compacter")
+        parser.add_argument("--train-args", default="", help="further `pelt train` flags for every run, quoted")
+        parser.add_argument("--reference", default=None,
+                            help="a full fine-tuning run folder (or its results.json), drawn as a line")
+        parser.add_argument("--retry-failed", action="store_true")
+        parser.add_argument("--report-dir", default=None,
+                            help=f"where {name}.md and {name}.png go (default: the output dir)")
+        if name == "layers":
+            parser.add_argument("--ks", nargs="+", type=int, default=None, help="numbers of layers (default 1 ... L)")
+        else:
+            parser.add_argument("--module-sets", nargs="+", default=None, metavar="SET",
+                                help="trained parts, e.g. W b LN W+b (default: all 7 combinations of W, b, LN)")
+            parser.add_argument("--per-layer", default="all",
+                                help="layers to ablate one at a time: all (default), none, or a list like 0,3-5")
+
+    shared = kinds.add_parser("shared", help="one adapter trained on several tasks (heads separate) against one "
+                                             "adapter per task, and what the per-task adapters share")
+    shared.add_argument("--tasks", nargs="+", required=True)
+    common(shared)
+    shared.add_argument("--method", default="hadamard")
+    shared.add_argument("--split-protocol", choices=["standard", "compacter"], default="compacter")
+    shared.add_argument("--max-train-samples", nargs="+", default=[], metavar="TASK=N",
+                        help="a training-set size per task, e.g. sst2=8000")
+    shared.add_argument("--train-args", default="",
+                        help="`pelt train` flags for every run (both settings), quoted; method options included")
+    similarity = kinds.add_parser("similarity", help="what the adapters of several tasks share, layer by layer")
+    similarity.add_argument("--adapters", nargs="+", required=True, metavar="TASK=DIR",
+                            help="adapter folders of one method, named by task, e.g. rte=runs/rte/adapter")
+    similarity.add_argument("--output-dir", required=True)
 
 
 def _method_from_argv(argv: Sequence[str]) -> str | None:
@@ -236,12 +290,10 @@ def _method_from_argv(argv: Sequence[str]) -> str | None:
     return known.method
 
 
-def _train(args: argparse.Namespace) -> None:
-    from pelt.pipeline import finetune
+def _train_config(args: argparse.Namespace) -> Any:
     from pelt.train import TrainConfig
 
-    method = _method_config(args, args.method)
-    config = TrainConfig(
+    return TrainConfig(
         output_dir=args.output_dir, epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size, max_length=args.max_length, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, warmup_steps=args.warmup_steps, seed=args.seed, recipe=args.recipe,
@@ -249,6 +301,14 @@ def _train(args: argparse.Namespace) -> None:
         eval_steps=args.eval_steps,
         target_style=args.target_style, task_prefix=args.task_prefix,
     )
+
+
+def _train(args: argparse.Namespace) -> None:
+    from pelt.pipeline import finetune
+    from pelt.train import TrainConfig
+
+    method = _method_config(args, args.method)
+    config = _train_config(args)
 
     def show(report: Any, resolved: TrainConfig) -> None:
         print(f"trainable parameters ({report.method}):\n{report.table()}\n", flush=True)
@@ -305,11 +365,8 @@ def _task_sizes(args: argparse.Namespace) -> dict[str, list[int | None]]:
     from pelt.tasks import get_task
 
     sizes: dict[str, list[int | None]] = {get_task(t).name: list(args.train_sizes or [None]) for t in args.tasks}
-    for item in args.max_train_samples:
-        task, sep, count = item.partition("=")
-        if not sep or not count.strip().isdigit() or int(count) < 1:
-            raise PeltError(f"--max-train-samples takes TASK=N with N a positive integer, got {item!r}")
-        sizes[get_task(task).name] = [int(count)]
+    for task, count in _named_values(args.max_train_samples, "--max-train-samples", number=True).items():
+        sizes[task] = [count]
     return sizes
 
 
@@ -353,6 +410,81 @@ def _report(args: argparse.Namespace) -> None:
     if not path.is_file():
         raise PeltError(f"{path} not found; pass the --grid-dir a `pelt sweep` wrote")
     print(write_report(read_records(path), args.grid_dir, title=args.title or f"Grid {Path(args.grid_dir).name}"))
+
+
+def _named_values(items: list[str], flag: str, *, number: bool) -> dict[str, Any]:
+    """['sst2=2000', ...] -> {'sst2': 2000}; task names checked."""
+    from pelt.tasks import get_task
+
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip() or (number and not (value.strip().isdigit() and int(value) > 0)):
+            kind = "N with N a positive integer" if number else "DIR"
+            raise PeltError(f"{flag} takes TASK={kind}, got {item!r}")
+        values[get_task(key.strip()).name] = int(value) if number else value.strip()
+    return values
+
+
+def _layer_list(text: str) -> list[int]:
+    from pelt.methods.base import parse_int_list
+
+    try:
+        return parse_int_list(text)
+    except ValueError:
+        raise PeltError(f"--per-layer takes all, none or a list of layers like 0,3-5, got {text!r}") from None
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    import shlex
+
+    from pelt import analysis
+
+    out = Path(args.output_dir)
+    if args.analysis == "norms":
+        result = analysis.analyze_attention_norms(args.finetuned, out, data_dir=args.data_dir, model=args.model,
+                                                  max_examples=args.max_examples)
+        print(f"{result['task']}: {result['tokens']:,} tokens; most changed layer {result['most_changed_layer']}")
+        print(out / "attention_norms.md")
+    elif args.analysis == "fit":
+        result = analysis.analyze_fitting(args.finetuned, out, data_dir=args.data_dir, model=args.model,
+                                          functions=args.functions, fit_examples=args.fit_examples,
+                                          heldout_examples=args.heldout_examples, mlp_steps=args.mlp_steps)
+        print(out / "fitting.md")
+    elif args.analysis in ("layers", "modules"):
+        from pelt.harness import GridSettings
+
+        num_layers = analysis.encoder_depth(args.model)
+        options = {"learning_rate": args.lr, "seed": args.seed, "train_size": args.max_train_samples}
+        if args.analysis == "layers":
+            runs = analysis.layer_ablation(args.task, num_layers, ks=args.ks, **options)
+        else:
+            per_layer = None if args.per_layer == "all" else [] if args.per_layer == "none" else \
+                _layer_list(args.per_layer)
+            sets = [tuple(part.strip() for part in text.split("+")) for text in args.module_sets or []] or None
+            runs = analysis.module_ablation(args.task, num_layers, module_sets=sets, per_layer=per_layer, **options)
+        settings = GridSettings(args.data_dir, args.model, args.split_protocol, shlex.split(args.train_args))
+        analysis.run_ablation(runs, out, settings, retry_failed=args.retry_failed)
+        reference = None
+        if args.reference:
+            path = Path(args.reference)
+            path = path / "results.json" if path.is_dir() else path
+            if not path.is_file():
+                raise PeltError(f"--reference {args.reference}: no results.json there; pass a `pelt train` run folder")
+            reference = json.loads(path.read_text())
+        write = analysis.write_layer_report if args.analysis == "layers" else analysis.write_module_report
+        print(write(runs, out, Path(args.report_dir or out), reference=reference))
+    elif args.analysis == "shared":
+        sizes = _named_values(args.max_train_samples, "--max-train-samples", number=True)
+        train_argv = ["train", "--task", args.tasks[0], "--method", args.method, "--output-dir", str(out),
+                      *shlex.split(args.train_args)]
+        train_args = _build_parser(args.method).parse_args(train_argv)
+        print(analysis.analyze_shared(args.tasks, _method_config(train_args, args.method), _train_config(train_args),
+                                      out, model=args.model, data_dir=args.data_dir, max_train_samples=sizes or None,
+                                      train_pooler=train_args.train_pooler, split_protocol=args.split_protocol))
+    else:
+        adapters = _named_values(args.adapters, "--adapters", number=False)
+        print(analysis.write_similarity_report(analysis.adapter_similarity(adapters), out))
 
 
 def _split_sizes(task: str, args: argparse.Namespace) -> str:
@@ -399,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = _build_parser(_method_from_argv(argv))
         args = parser.parse_args(argv)
         {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
-         "sweep": _sweep, "report": _report, "bench": _bench}[args.command](args)
+         "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args)
     except PeltError as e:
         print(f"pelt: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -96,8 +96,9 @@ def apply_method(
     missing = [n for n in state.trainable if n not in names]
     if missing:  # a method bug, not bad input
         raise RuntimeError(f"method '{method.name}' declared parameters that do not exist: {missing[:3]}")
-    for name in state.trainable:
-        names[name].requires_grad_(True)
+    trainable = set(state.trainable)
+    for name, p in names.items():  # parameters a method created but does not train (a frozen part) stay frozen
+        p.requires_grad_(name in trainable)
     model.pelt_state = state
     return model
 

@@ -29,8 +29,20 @@ def _model_kind(spec: TaskSpec, model: str | None) -> str:
     return "multiple-choice" if spec.kind == "multiple_choice" else "sequence-classification"
 
 
-def _load(spec: TaskSpec, model: str | None, kind: str) -> tuple[nn.Module, Any]:
-    return load_pretrained(model, spec.num_labels, label_names=list(spec.label_names or []) or None, kind=kind)
+def load_task_model(spec: TaskSpec, model: str | None) -> tuple[nn.Module, Any]:
+    """A pretrained base model with a fresh head for `spec` (or as it is, for text to text), and its tokenizer."""
+    return load_pretrained(model, spec.num_labels, label_names=list(spec.label_names or []) or None,
+                           kind=_model_kind(spec, model))
+
+
+def adapter_base_model(config: dict[str, Any], model: str | None = None) -> str | None:
+    """The base model an adapter was trained on (`model` overrides); None: the bundled default."""
+    base_name = model or config.get("model") or config["base_model"].get("name_or_path")
+    if not base_name:
+        raise PeltError("the adapter does not record its base model; pass --model")
+    if model is None and not Path(base_name).exists() and config.get("model_label", "").endswith("(bundled)"):
+        return None  # saved on another machine: the bundled model lives elsewhere here
+    return base_name
 
 
 def finetune(
@@ -54,11 +66,11 @@ def finetune(
     """
     spec = get_task(task)
     train_config = train_config.for_task(spec)
-    kind = _model_kind(spec, model)
+    _model_kind(spec, model)  # a model that cannot be found fails before any data is read
     data = load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,
                        max_train_samples=max_train_samples, seed=train_config.seed)
     set_seed(train_config.seed)
-    base, tokenizer = _load(spec, model, kind)
+    base, tokenizer = load_task_model(spec, model)
     apply_method(base, method, train_pooler=train_pooler)
     get_method(method.method).check_input_length(base, train_config.max_length)
     formulation = formulation_for(spec, base.config, tokenizer, train_config.max_length,
@@ -79,6 +91,22 @@ def finetune(
     return train_model(base, formulation, data, train_config, run_info=run_info)
 
 
+def load_adapted(
+    adapter: str | os.PathLike, *, task: str | None = None, model: str | None = None,
+) -> tuple[nn.Module, Any, dict[str, Any], TaskSpec]:
+    """A saved adapter on its base model: (model in eval mode, tokenizer, adapter config, task spec). Task and base
+    model default to the ones the adapter was trained with."""
+    config = read_adapter_config(adapter)
+    task_name = task or config.get("task")
+    if not task_name:
+        raise PeltError(f"adapter {adapter} does not record its task; pass --task")
+    spec = get_task(task_name)
+    base, tokenizer = load_task_model(spec, adapter_base_model(config, model))
+    load_adapter(base, adapter)
+    base.eval()
+    return base, tokenizer, config, spec
+
+
 def evaluate_adapter(
     adapter: str | os.PathLike,
     *,
@@ -93,24 +121,11 @@ def evaluate_adapter(
 ) -> dict[str, dict[str, float]]:
     """Metrics of a saved adapter on a task's evaluation splits. Task, base model, max length, split protocol and
     text-to-text format default to the ones the adapter was trained with."""
-    config = read_adapter_config(adapter)
+    base, tokenizer, config, spec = load_adapted(adapter, task=task, model=model)
     max_length = max_length or int(config.get("max_length", 128))
-    task_name = task or config.get("task")
-    if not task_name:
-        raise PeltError(f"adapter {adapter} does not record its task; pass --task")
-    spec = get_task(task_name)
-    base_name = model or config.get("model") or config["base_model"].get("name_or_path")
-    if not base_name:
-        raise PeltError(f"adapter {adapter} does not record its base model; pass --model")
-    if model is None and not Path(base_name).exists() and config.get("model_label", "").endswith("(bundled)"):
-        base_name = None  # saved on another machine: the bundled model lives elsewhere here
+    get_method(config["method"]).check_input_length(base, max_length)
     protocol = split_protocol or config.get("split_protocol", "standard")
     seed = config.get("split_seed", 42) if split_seed is None else split_seed
-    kind = _model_kind(spec, base_name)
-    base, tokenizer = _load(spec, base_name, kind)
-    load_adapter(base, adapter)
-    get_method(config["method"]).check_input_length(base, max_length)
-    base.eval()
     formulation = formulation_for(spec, base.config, tokenizer, max_length,
                                   target_style=config.get("target_style", "names"),
                                   task_prefix=config.get("task_prefix", True))

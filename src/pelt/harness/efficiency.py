@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pelt.errors import PeltError
-from pelt.harness.grid import parse_variant
+from pelt.harness.grid import parse_variant, variant_config
 
 __all__ = ["FROZEN", "StepMeasure", "efficiency_table", "measure_in_subprocess", "measure_step"]
 
@@ -64,7 +64,7 @@ def measure_step(variant: str, model: str | None, batch_size: int, seq_len: int,
         pelt.set_trainable(base, method=False, head=True)
     else:
         method, options = parse_variant(variant)
-        pelt.apply_method(base, pelt.make_config(method, **options), train_pooler=train_pooler)
+        pelt.apply_method(base, variant_config(method, options), train_pooler=train_pooler)
     report = pelt.parameter_report(base)
     base.train()
     low = min(1000, tokenizer.vocab_size - 1)

@@ -17,9 +17,11 @@ from typing import Any
 
 from pelt.errors import PeltError
 from pelt.methods import get_method, make_config
+from pelt.methods.base import parse_option
 from pelt.tasks import get_task
 
-__all__ = ["LOW_RESOURCE_EPOCHS", "RunSpec", "expand_grid", "parse_variant", "read_records", "resolve_lr"]
+__all__ = ["LOW_RESOURCE_EPOCHS", "RunSpec", "expand_grid", "parse_variant", "read_records", "resolve_lr",
+           "variant_config"]
 
 # The Compacter paper's low-resource schedule (its Fig. 4): training-set size -> epochs (~100k examples seen).
 LOW_RESOURCE_EPOCHS = {100: 1000, 500: 200, 1000: 100, 2000: 50, 4000: 25}
@@ -34,25 +36,23 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise PeltError(f"method option {pair!r} in {text!r} must look like key=value (e.g. {name}:rank=4)")
-        options[key.strip().replace("-", "_")] = _typed(value.strip())
-    make_config(method.name, **options)  # validate now, not in the middle of a grid
+        key = key.strip().replace("-", "_")
+        value = parse_option(method.config_class, key, value.strip())
+        options[key] = tuple(value) if isinstance(value, list) else value  # hashable, for RunSpec
+    variant_config(method.name, options)  # validate now, not in the middle of a grid
     return method.name, options
 
 
-def _typed(value: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(value.lower(), value)
+def variant_config(method: str, options: dict[str, Any]) -> Any:
+    """The method config of a grid variant (list options are kept as tuples in a RunSpec)."""
+    return make_config(method, **{k: list(v) if isinstance(v, tuple) else v for k, v in options.items()})
 
 
 def resolve_lr(text: str, method: str, options: dict[str, Any]) -> float:
     """A number, or `ref`, `ref*10`, `ref/10` relative to the method's reference learning rate."""
     text = text.strip().lower()
     if text.startswith("ref"):
-        reference = get_method(method).reference_lr(make_config(method, **options))
+        reference = get_method(method).reference_lr(variant_config(method, options))
         factor = text[3:]
         if not factor:
             return reference

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pelt.harness.grid import GridSettings, RunSpec, read_records
+from pelt.methods.base import format_option
 
 __all__ = ["RESULTS_NAME", "run_grid"]
 
@@ -30,7 +31,7 @@ def _command(spec: RunSpec, settings: GridSettings, output_dir: Path) -> list[st
            "--split-protocol", settings.split_protocol]
     for key, value in spec.options:
         flag = "--" + key.replace("_", "-")
-        cmd += [flag] if value is True else [f"--no-{key.replace('_', '-')}"] if value is False else [flag, str(value)]
+        cmd += [flag] if value is True else [f"--no-{key.replace('_', '-')}"] if value is False else [flag, format_option(value)]
     if spec.train_size is not None:
         cmd += ["--max-train-samples", str(spec.train_size)]
     if spec.epochs is not None:

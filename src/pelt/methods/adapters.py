@@ -74,10 +74,10 @@ class BottleneckConfig(MethodConfig, LayerSelection):
             raise PeltError(f"placement must be one of {', '.join(PLACEMENTS)}, got '{self.placement}'")
         if self.drop_first < 0:
             raise PeltError(f"drop_first must be >= 0, got {self.drop_first}")
-        if self.drop_first and (self.layers is not None or self.top_k is not None):
+        if self.drop_first and (self.layers is not None or self.top_k is not None or self.bottom_k is not None):
             raise PeltError(
-                f"drop_first={self.drop_first} and layers/top_k both choose the adapted layers; give one "
-                "(adapterdrop drops 5 by default: pass drop_first 0 to choose layers with layers/top_k)"
+                f"drop_first={self.drop_first} and layers/top_k/bottom_k both choose the adapted layers; give one "
+                "(adapterdrop drops 5 by default: pass drop_first 0 to choose layers with layers/top_k/bottom_k)"
             )
         if not self.init_std > 0:
             raise PeltError(f"init_std must be > 0, got {self.init_std}")

@@ -8,6 +8,8 @@ and merging live once, in `pelt.core`, and work for every registered method.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -50,6 +52,62 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
+
+
+def parse_int_list(text: str) -> list[int]:
+    """'8,9,10' or '4-11' or '0,2,6-11' -> a sorted list of layer indices (ValueError when it is not one)."""
+    values: set[int] = set()
+    for part in text.split(","):
+        if "-" in part.strip()[1:]:
+            lo, hi = part.split("-", 1)
+            values.update(range(int(lo), int(hi) + 1))
+        else:
+            values.add(int(part))
+    return sorted(values)
+
+
+def parse_int_sequence(text: str) -> list[int]:
+    """'101,2054,2003' -> [101, 2054, 2003], order and repeats kept (token ids)."""
+    return [int(part) for part in text.split(",")]
+
+
+def option_type(config_class: type[MethodConfig], name: str) -> Any:
+    """The type of an option with `X | None` unwrapped to X."""
+    kind = typing.get_type_hints(config_class)[name]
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    return kind
+
+
+def parse_option(config_class: type[MethodConfig], name: str, text: str) -> Any:
+    """An option value written as text (`layers=0-5`, `train_bias=false`), typed by the config's field."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    if name not in fields:
+        raise PeltError(f"unknown option '{name}' for method '{config_class.method}'; "
+                        f"known: {', '.join(sorted(fields)) or 'none'}")
+    kind = option_type(config_class, name)
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if typing.get_origin(kind) is list:
+            if typing.get_args(kind) == (str,):
+                return [t.strip() for t in text.split(",")]
+            return parse_int_sequence(text) if fields[name].metadata.get("keep_order") else parse_int_list(text)
+        if kind in (int, float):
+            return kind(text)
+    except ValueError:
+        example = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a list like 0,1,2 or 0-5")
+        raise PeltError(f"option {name}={text!r} of method '{config_class.method}' must be {example}") from None
+    return text
+
+
+def format_option(value: Any) -> str:
+    """The text `parse_option` reads back: lists as 0,1,2."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass
@@ -151,12 +209,16 @@ class LayerSelection:
 
     layers: list[int] | None = option(None, "indices of the layers to adapt in each stack (default: all)")
     top_k: int | None = option(None, "adapt only the top k layers of each stack")
+    bottom_k: int | None = option(None, "adapt only the bottom k layers of each stack")
 
     def validate_layers(self) -> None:
-        if self.layers is not None and self.top_k is not None:
-            raise PeltError("give either layers or top_k, not both")
-        if self.top_k is not None and self.top_k < 1:
-            raise PeltError(f"top_k must be at least 1, got {self.top_k}")
+        given = [name for name in ("layers", "top_k", "bottom_k") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise PeltError(f"give one of layers, top_k and bottom_k, not {' and '.join(given)}")
+        for name in ("top_k", "bottom_k"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise PeltError(f"{name} must be at least 1, got {value}")
         if self.layers is not None:
             if not self.layers:
                 raise PeltError("layers is empty; give at least one layer index or leave it unset for all layers")
@@ -166,10 +228,10 @@ class LayerSelection:
     def selected_layers(self, model: nn.Module, arch: ArchSpec) -> list[LayerRef]:
         refs = list(iter_layers(model, arch))
         for ref in refs:
-            if self.top_k is not None and self.top_k > ref.num_layers:
-                raise PeltError(
-                    f"top_k={self.top_k} but the {ref.stack.name} has only {ref.num_layers} layers"
-                )
+            for name in ("top_k", "bottom_k"):
+                value = getattr(self, name)
+                if value is not None and value > ref.num_layers:
+                    raise PeltError(f"{name}={value} but the {ref.stack.name} has only {ref.num_layers} layers")
             if self.layers is not None and max(self.layers) >= ref.num_layers:
                 raise PeltError(
                     f"layer {max(self.layers)} does not exist: the {ref.stack.name} has layers "
@@ -177,6 +239,8 @@ class LayerSelection:
                 )
         if self.top_k is not None:
             return [r for r in refs if r.index >= r.num_layers - self.top_k]
+        if self.bottom_k is not None:
+            return [r for r in refs if r.index < self.bottom_k]
         if self.layers is not None:
             wanted = set(self.layers)
             return [r for r in refs if r.index in wanted]

@@ -38,11 +38,17 @@ class HadamardConfig(MethodConfig, LayerSelection):
         choices=PLACEMENTS,
     )
     train_layernorm: bool = option(True, "also train the LayerNorm of each adapted attention sublayer")
+    # The module ablation of the paper (its Fig. 5): a part that is not trained stays at its identity value.
+    train_weight: bool = option(True, "train the element-wise weight W (off: W stays 1)")
+    train_bias: bool = option(True, "train the bias b (off: b stays 0)")
 
     def validate(self) -> None:
         self.validate_layers()
         if self.placement not in PLACEMENTS:
             raise PeltError(f"placement must be one of {', '.join(PLACEMENTS)}, got '{self.placement}'")
+        if not (self.train_weight or self.train_bias or self.train_layernorm):
+            raise PeltError("train_weight, train_bias and train_layernorm are all off, so the adapter would train "
+                            "nothing; turn at least one of them on")
 
 
 class HadamardLinear(nn.Module):
@@ -126,7 +132,8 @@ class Hadamard(Method):
             if not isinstance(target, nn.Linear):
                 raise PeltError(f"{path} is a {type(target).__name__}, expected a Linear projection")
             replace_module(model, path, HadamardLinear(target, config.placement))
-            injection.added += [f"{path}.hadamard_weight", f"{path}.hadamard_bias"]
+            injection.added += [f"{path}.hadamard_{part}" for part, on in
+                                (("weight", config.train_weight), ("bias", config.train_bias)) if on]
             if config.train_layernorm:
                 norm_path = layer.site("attention_norm")
                 injection.unfrozen += [f"{norm_path}.{n}" for n, _ in model.get_submodule(norm_path).named_parameters()]

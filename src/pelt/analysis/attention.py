@@ -1,0 +1,218 @@
+"""The two analyses of a fine-tuned reference against its base model, written as tables and figures.
+
+`analyze_attention_norms` is the Hadamard paper's Fig. 1 (how far fine-tuning moves each layer's self-attention
+output); `analyze_fitting` its Fig. 2 (which function class maps the outputs before fine-tuning to the ones after,
+and what the task scores when that map replaces fine-tuning).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import DatasetDict
+from torch import nn
+
+from pelt.analysis.capture import (
+    attention_norm_statistics,
+    capture_sublayer_outputs,
+    encoder_batches,
+    encoder_layers,
+    plot_attention_norms,
+)
+from pelt.analysis.fitting import FIT_FUNCTIONS, MappedSublayer, SublayerMap, fit_errors, fit_map
+from pelt.analysis.reference import ReferencePair, load_reference_pair
+from pelt.errors import PeltError
+from pelt.methods.base import replace_module
+from pelt.train import evaluate_model
+
+__all__ = ["analyze_attention_norms", "analyze_fitting", "model_with_fitted_maps"]
+
+
+def _eval_split(data: DatasetDict) -> str:
+    return next(name for name in data if name != "train")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def analyze_attention_norms(
+    finetuned: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    model: str | None = None,
+    max_examples: int = 512,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Per-layer norms of the self-attention outputs on the validation split, before and after fine-tuning
+    (attention_norms.md / .json / .png in `output_dir`)."""
+    pair = load_reference_pair(finetuned, model=model)
+    data = pair.splits(data_dir)
+    split = _eval_split(data)
+    encoded = pair.encode(data[split], max_examples)
+    before = capture_sublayer_outputs(pair.base, encoder_batches(encoded, pair.tokenizer, batch_size))
+    after = capture_sublayer_outputs(pair.finetuned, encoder_batches(encoded, pair.tokenizer, batch_size))
+    stats = attention_norm_statistics(before, after)
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    title = f"{pair.spec.name}: self-attention outputs before and after full fine-tuning ({split}, {len(encoded)} examples)"
+    plot_attention_norms(stats, folder / "attention_norms.png", title=title)
+    result = {"task": pair.spec.name, "finetuned": str(finetuned), "split": split, "examples": len(encoded),
+              **stats.summary(), "layers": stats.rows()}
+    _write_json(folder / "attention_norms.json", result)
+    (folder / "attention_norms.md").write_text(
+        f"# {title}\n\n{result['tokens']:,} tokens; ‖A‖ is the per-token norm of the attention output projection's "
+        f"output (mean ± std over tokens).\n\n{stats.markdown()}\n\n![attention norms](attention_norms.png)\n")
+    return result
+
+
+def model_with_fitted_maps(pair: ReferencePair, maps: list[SublayerMap], *, finetuned_layernorms: bool = False
+                           ) -> nn.Module:
+    """The base model with each layer's attention output passed through its fitted map, under the fine-tuned
+    task head (and, optionally, the fine-tuned attention LayerNorms, which the Hadamard adapter also trains)."""
+    model = copy.deepcopy(pair.base)
+    layers = encoder_layers(model)
+    if len(maps) != len(layers):
+        raise PeltError(f"{len(maps)} fitted maps for {len(layers)} layers; fit one per layer")
+    copied = list(pair.head_names())
+    if finetuned_layernorms:
+        copied += [f"{ref.site('attention_norm')}.{name}" for ref in layers
+                   for name, _ in model.get_submodule(ref.site("attention_norm")).named_parameters()]
+    tuned = dict(pair.finetuned.named_parameters())
+    own = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in copied:
+            own[name].copy_(tuned[name])
+    for ref, fitted in zip(layers, maps):
+        path = ref.site("attention_output")
+        replace_module(model, path, MappedSublayer(model.get_submodule(path), fitted))
+    return model.eval()
+
+
+def analyze_fitting(
+    finetuned: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    model: str | None = None,
+    functions: list[str] | None = None,
+    fit_examples: int = 256,
+    heldout_examples: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+    mlp_steps: int = 400,
+) -> dict[str, Any]:
+    """Fit each function class per layer on training examples' outputs, measure it on held-out ones, and score
+    the task with the fitted maps in place of fine-tuning (fitting.md / .json / .png in `output_dir`)."""
+    functions = list(functions or FIT_FUNCTIONS)
+    unknown = [f for f in functions if f not in FIT_FUNCTIONS]
+    if unknown:
+        raise PeltError(f"unknown fitting function(s) {', '.join(unknown)}; available: {', '.join(FIT_FUNCTIONS)}")
+    pair = load_reference_pair(finetuned, model=model)
+    data = pair.splits(data_dir)
+    split = _eval_split(data)
+    fit_rows = pair.encode(data["train"].shuffle(seed=seed), fit_examples)
+    held_rows = pair.encode(data[split], heldout_examples)
+
+    def capture(encoded: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return (capture_sublayer_outputs(pair.base, encoder_batches(encoded, pair.tokenizer, batch_size)),
+                capture_sublayer_outputs(pair.finetuned, encoder_batches(encoded, pair.tokenizer, batch_size)))
+
+    x_fit, y_fit = capture(fit_rows)
+    x_held, y_held = capture(held_rows)
+    layers = range(len(x_fit))
+    maps: dict[str, list[SublayerMap]] = {}
+    per_layer: list[dict[str, Any]] = []
+    for function in functions:
+        options = {"steps": mlp_steps, "seed": seed} if function == "mlp" else {}
+        maps[function] = [fit_map(function, x_fit[i], y_fit[i], **options) for i in layers]
+        for i in layers:
+            per_layer.append({"function": function, "layer": i, "parameters": maps[function][i].num_parameters,
+                              **fit_errors(maps[function][i], x_held[i], y_held[i])})
+    finetuned_means = [float(y.double().mean()) for y in y_held]
+
+    evaluation = DatasetDict({name: split_data for name, split_data in data.items() if name != "train"})
+    scores = [{"model": "full fine-tuning", "layernorms": "fine-tuned",
+               "metrics": evaluate_model(pair.finetuned, pair.formulation, evaluation)}]
+    for function in functions:
+        for tuned_norms in (False, True):
+            mapped = model_with_fitted_maps(pair, maps[function], finetuned_layernorms=tuned_norms)
+            scores.append({"model": f"base + {function} maps", "function": function,
+                           "layernorms": "fine-tuned" if tuned_norms else "base",
+                           "metrics": evaluate_model(mapped, pair.formulation, evaluation)})
+    result = {"task": pair.spec.name, "finetuned": str(finetuned), "main_metric": pair.spec.main_metric,
+              "fit_examples": len(fit_rows), "fit_tokens": int(x_fit[0].shape[0]), "heldout_split": split,
+              "heldout_examples": len(held_rows), "heldout_tokens": int(x_held[0].shape[0]),
+              "finetuned_mean_value": finetuned_means, "per_layer": per_layer, "scores": scores}
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "fitting.json", result)
+    _plot_fitting(result, functions, folder / "fitting.png")
+    (folder / "fitting.md").write_text(_fitting_markdown(result, functions))
+    return result
+
+
+def _fitting_markdown(result: dict[str, Any], functions: list[str]) -> str:
+    main = result["main_metric"]
+    layers = sorted({r["layer"] for r in result["per_layer"]})
+    cell = {(r["function"], r["layer"]): r for r in result["per_layer"]}
+    lines = [f"# {result['task']}: fitting the self-attention outputs after fine-tuning from the ones before", "",
+             f"Fitted on {result['fit_tokens']:,} tokens of {result['fit_examples']} training examples, measured on "
+             f"{result['heldout_tokens']:,} tokens of {result['heldout_examples']} {result['heldout_split']} examples. "
+             "Unexplained change = ‖Y − f(X)‖² / ‖Y − X‖² (identity = 1, perfect = 0).", "",
+             "## Unexplained change per layer (held out)", "",
+             "| function | parameters per layer | " + " | ".join(f"layer {i}" for i in layers) + " |",
+             "|---|---|" + "---|" * len(layers)]
+    for function in functions:
+        params = cell[(function, layers[0])]["parameters"]
+        lines.append(f"| {function} | {params:,} | " +
+                     " | ".join(f"{cell[(function, i)]['unexplained_change']:.3f}" for i in layers) + " |")
+    lines += ["", "## R² per layer (held out)", "",
+              "| function | " + " | ".join(f"layer {i}" for i in layers) + " |", "|---|" + "---|" * len(layers)]
+    for function in functions:
+        lines.append(f"| {function} | " + " | ".join(f"{cell[(function, i)]['r2']:.4f}" for i in layers) + " |")
+    splits = list(result["scores"][0]["metrics"])
+    lines += ["", f"## Task score ({main} ×100) with the fitted maps in place of fine-tuning", "",
+              "Base model, each layer's attention output through its fitted map, the fine-tuned head on top; the "
+              "attention LayerNorms either the base model's or the fine-tuned ones.", "",
+              "| model | attention LayerNorms | " + " | ".join(splits) + " |", "|---|---|" + "---|" * len(splits)]
+    for score in result["scores"]:
+        lines.append(f"| {score['model']} | {score['layernorms']} | " +
+                     " | ".join(f"{100 * score['metrics'][s][main]:.1f}" for s in splits) + " |")
+    lines += ["", "![fitting](fitting.png)", ""]
+    return "\n".join(lines)
+
+
+def _plot_fitting(result: dict[str, Any], functions: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for function in functions:
+        rows = sorted((r for r in result["per_layer"] if r["function"] == function), key=lambda r: r["layer"])
+        layers = [r["layer"] for r in rows]
+        left.plot(layers, [max(r["unexplained_change"], 1e-6) for r in rows], marker="o", label=function)
+        right.plot(layers, [r["mean_value"] for r in rows], marker="o", label=function)
+    right.plot(range(len(result["finetuned_mean_value"])), result["finetuned_mean_value"], color="black",
+               linestyle="--", marker="s", label="fine-tuned")
+    left.set_yscale("log")
+    left.set_xlabel("layer")
+    left.set_ylabel("unexplained change ‖Y − f(X)‖² / ‖Y − X‖²")
+    left.set_title("(a) fit error on held-out tokens", fontsize=10)
+    right.set_xlabel("layer")
+    right.set_ylabel("mean output value")
+    right.set_title("(b) mean value of the attention output", fontsize=10)
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    fig.suptitle(f"{result['task']}: fitting fine-tuned attention outputs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,399 @@
+"""What the adapters of different tasks share, and one adapter shared by several tasks.
+
+`adapter_similarity` compares per-task adapters layer by layer: how far each trained tensor moved from where
+it started (W from 1, b from 0, the LayerNorm from its pretrained values), the cosine similarity of those moves
+between tasks, and the share of dimensions that every task moves the same way (chance: 2^(1-T)).
+
+`train_shared_adapter` trains one adapter on several tasks at once, each task with its own head: the task models
+share every backbone module (the adapter's included) and keep their own classifier (and pooler, with
+`train_pooler`). Batches of the tasks are interleaved in proportion to their sizes. Each task's adapter folder
+is complete (shared weights + its head), so `pelt eval` and `load_adapter` take it as it is; what the sharing
+saves is the stored parameters, reported next to the scores.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import random
+import re
+import statistics
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import DatasetDict
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import get_linear_schedule_with_warmup, set_seed
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from pelt.arch import base_model, pooler_path
+from pelt.core import (
+    WEIGHTS_NAME,
+    PeltState,
+    apply_method,
+    head_parameter_names,
+    load_trained_weights,
+    parameter_report,
+    read_adapter_config,
+    save_adapter,
+    set_trainable,
+)
+from pelt.errors import PeltError
+from pelt.methods import MethodConfig, get_method
+from pelt.pipeline import adapter_base_model, finetune, load_task_model
+from pelt.tasks import TaskSpec, get_task, load_splits
+from pelt.train import TrainConfig, evaluate_model
+from pelt.train.formulations import Formulation, formulation_for
+
+__all__ = ["adapter_similarity", "analyze_shared", "train_shared_adapter", "write_similarity_report"]
+
+_LAYER = re.compile(r"^(?P<prefix>.*?)\.(?P<index>\d+)\.(?P<rest>.+)$")
+_SHORT_NAMES = {"hadamard_weight": "W", "hadamard_bias": "b"}
+
+
+def _layer_key(name: str) -> tuple[str, int, str] | None:
+    """'bert.encoder.layer.3.attention.output.dense.hadamard_weight' -> ('bert.encoder.layer', 3, 'attention...')."""
+    match = _LAYER.match(name)
+    return (match["prefix"], int(match["index"]), match["rest"]) if match else None
+
+
+def _short(rest: str) -> str:
+    last = rest.rsplit(".", 1)[-1]
+    if last in _SHORT_NAMES:
+        return _SHORT_NAMES[last]
+    if "layernorm" in rest.lower() or "layer_norm" in rest.lower():
+        return "LN γ" if last == "weight" else "LN β"
+    return rest
+
+
+def _initial_values(adapter: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The adapter's trained tensors as they were before training: its method applied to a fresh base model."""
+    config = read_adapter_config(adapter)
+    spec = get_task(config["task"]) if config.get("task") else None
+    if spec is None:
+        raise PeltError(f"adapter {adapter} does not record its task; it cannot be compared")
+    base, _ = load_task_model(spec, adapter_base_model(config))
+    method = get_method(config["method"]).config_class.from_dict(config["method_config"])
+    apply_method(base, method, train_pooler=bool(config.get("train_pooler")))
+    return {name: p.detach().clone() for name, p in base.named_parameters() if p.requires_grad}
+
+
+def adapter_similarity(adapters: dict[str, str | os.PathLike]) -> dict[str, Any]:
+    """Per layer and trained tensor: each task's move from its initial value, and how alike the moves are."""
+    if len(adapters) < 2:
+        raise PeltError(f"comparing adapters needs at least two tasks, got {len(adapters)}")
+    methods = {task: read_adapter_config(path)["method"] for task, path in adapters.items()}
+    if len(set(methods.values())) > 1:
+        raise PeltError(f"the adapters use different methods ({', '.join(f'{t}: {m}' for t, m in methods.items())}); "
+                        "compare adapters of one method")
+    moves: dict[str, dict[str, torch.Tensor]] = {}
+    for task, path in adapters.items():
+        weights = Path(path) / WEIGHTS_NAME
+        if not weights.is_file():
+            raise PeltError(f"{path} has no {WEIGHTS_NAME}; pass adapter folders")
+        trained, initial = load_file(str(weights)), _initial_values(path)
+        moves[task] = {name: (tensor.double() - initial[name].double()).flatten()
+                       for name, tensor in trained.items() if name in initial and _layer_key(name)}
+    tasks = list(adapters)
+    common = sorted(set.intersection(*(set(m) for m in moves.values())),
+                    key=lambda n: (_layer_key(n)[0], _layer_key(n)[1], _layer_key(n)[2]))  # type: ignore[index]
+    if not common:
+        raise PeltError("the adapters have no per-layer tensor in common (different layers or models?)")
+    rows = []
+    for name in common:
+        prefix, index, rest = _layer_key(name)  # type: ignore[misc]
+        vectors = [moves[t][name] for t in tasks]
+        pairs = {}
+        for (a, va), (b, vb) in itertools.combinations(zip(tasks, vectors), 2):
+            denominator = va.norm() * vb.norm()
+            pairs[f"{a}~{b}"] = float(va @ vb / denominator) if denominator > 0 else float("nan")
+        signs = torch.stack([v.sign() for v in vectors])
+        moved = (signs != 0).all(0)
+        agree = ((signs == signs[0]).all(0) & moved).double()
+        rows.append({
+            "name": name, "stack": prefix, "layer": index, "tensor": _short(rest), "size": vectors[0].numel(),
+            "move_norm": {t: float(v.norm()) for t, v in zip(tasks, vectors)},
+            "cosine": pairs,
+            "mean_cosine": statistics.fmean(pairs.values()) if pairs else float("nan"),
+            "same_direction": float(agree.sum() / moved.sum()) if moved.any() else float("nan"),
+        })
+    return {"tasks": tasks, "method": methods[tasks[0]], "chance_same_direction": 2.0 ** (1 - len(tasks)),
+            "rows": rows}
+
+
+def write_similarity_report(similarity: dict[str, Any], folder: str | os.PathLike) -> Path:
+    """similarity.md / .json / .png: the per-layer table and a heat map of the pairwise cosines."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "similarity.json").write_text(json.dumps(similarity, indent=2) + "\n")
+    tasks, rows = similarity["tasks"], similarity["rows"]
+    pairs = list(rows[0]["cosine"])
+    lines = [f"# What the {similarity['method']} adapters of {', '.join(tasks)} share", "",
+             "Move = trained value − initial value (W from 1, b from 0, LayerNorm from the pretrained model). "
+             f"Same direction: the share of dimensions every task moves the same way (chance "
+             f"{100 * similarity['chance_same_direction']:.0f}%).", "",
+             "| layer | tensor | " + " | ".join(f"‖move‖ {t}" for t in tasks) + " | " +
+             " | ".join(f"cos {p}" for p in pairs) + " | same direction |",
+             "|---|---|" + "---|" * (len(tasks) + len(pairs) + 1)]
+    for r in rows:
+        lines.append(f"| {r['layer']} | {r['tensor']} | " + " | ".join(f"{r['move_norm'][t]:.3f}" for t in tasks) +
+                     " | " + " | ".join(f"{r['cosine'][p]:+.2f}" for p in pairs) +
+                     f" | {100 * r['same_direction']:.0f}% |")
+    lines += ["", "![similarity](similarity.png)", ""]
+    (out / "similarity.md").write_text("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(dict.fromkeys(r["tensor"] for r in rows))
+    layers = sorted({r["layer"] for r in rows})
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.2 * len(kinds) + 1, 0.45 * len(layers) + 2), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        grid = [[next((r["cosine"][p] for r in rows if r["layer"] == i and r["tensor"] == kind), math.nan)
+                 for p in pairs] for i in layers]
+        image = ax.imshow(grid, vmin=-1, vmax=1, cmap="coolwarm", aspect="auto")
+        ax.set_xticks(range(len(pairs)), pairs, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(layers)), [str(i) for i in layers])
+        ax.set_ylabel("layer")
+        ax.set_title(kind, fontsize=10)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="cosine of the moves")
+    fig.suptitle("how alike the tasks' adapters moved")
+    fig.savefig(out / "similarity.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out / "similarity.md"
+
+
+# ---- one adapter, several tasks ------------------------------------------------------------------------------
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+
+
+def _share_backbone(target: nn.Module, source: nn.Module, *, keep_pooler: bool) -> None:
+    """Make `target` use `source`'s backbone modules (its own head, and its own pooler if asked)."""
+    pooler = pooler_path(target) if keep_pooler else None
+    pooler_name = pooler.rsplit(".", 1)[-1] if pooler else None
+    source_backbone, target_backbone = base_model(source), base_model(target)
+    for name, module in source_backbone.named_children():
+        if name != pooler_name:
+            setattr(target_backbone, name, module)
+
+
+def _train_loader(formulation: Formulation, encoded: Any, model: nn.Module, batch_size: int, seed: int) -> DataLoader:
+    columns = [c for c in _MODEL_INPUTS if c in encoded.column_names]
+    sampler = LengthGroupedSampler(batch_size, lengths=list(encoded["length"]),
+                                   generator=torch.Generator().manual_seed(seed))
+    return DataLoader(encoded.select_columns(columns), batch_size=batch_size, sampler=sampler,
+                      collate_fn=formulation.collator(model))
+
+
+def _shared_tasks(tasks: list[str]) -> list[TaskSpec]:
+    specs = [get_task(t) for t in tasks]
+    if len({spec.name for spec in specs}) < 2:
+        raise PeltError(f"a shared adapter needs at least two different tasks, got {', '.join(tasks) or 'none'}")
+    for spec in specs:
+        if spec.kind not in ("classification", "regression"):
+            raise PeltError(f"shared adapters train classification and regression heads; {spec.name} is "
+                            f"{spec.kind.replace('_', ' ')}")
+    return specs
+
+
+def train_shared_adapter(
+    tasks: list[str],
+    method: MethodConfig,
+    train_config: TrainConfig,
+    *,
+    model: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    max_train_samples: dict[str, int] | int | None = None,
+    train_pooler: bool = False,
+    split_protocol: str = "compacter",
+    split_seed: int = 42,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Train one adapter on every task in `tasks` (heads separate); keep the epoch with the best mean validation
+    score; write each task's adapter to `<output_dir>/<task>/adapter` and results.json to `output_dir`.
+    Unset protocol settings (epochs, batch size, length, warm-up) take the first task's defaults."""
+    specs = _shared_tasks(tasks)
+    config = train_config.for_task(specs[0])
+    out = Path(config.output_dir)
+    set_seed(config.seed)
+    models: list[nn.Module] = []
+    tokenizer = None
+    for spec in specs:
+        task_model, tokenizer = load_task_model(spec, model)
+        if getattr(task_model.config, "is_encoder_decoder", False):
+            raise PeltError("shared adapters with separate heads need an encoder; T5 shares everything text to text")
+        if not models:
+            apply_method(task_model, method, train_pooler=train_pooler)
+        else:
+            first = models[0]
+            _share_backbone(task_model, first, keep_pooler=train_pooler)
+            shared = first.pelt_state
+            task_model.pelt_state = PeltState(shared.config, shared.added, shared.unfrozen,
+                                              head_parameter_names(task_model, train_pooler=train_pooler),
+                                              shared.base_param_count, train_pooler)
+        models.append(task_model)
+    get_method(method.method).check_input_length(models[0], config.max_length)
+    formulations = [formulation_for(spec, m.config, tokenizer, config.max_length) for spec, m in zip(specs, models)]
+    data: list[DatasetDict] = []
+    for spec in specs:
+        limit = max_train_samples.get(spec.name) if isinstance(max_train_samples, dict) else max_train_samples
+        data.append(load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,  # type: ignore[arg-type]
+                                max_train_samples=limit, seed=config.seed))
+    encoded = [f.encode(d["train"], training=True) for f, d in zip(formulations, data)]
+    selection = [next(s for s in d if s != "train") for d in data]
+    learning_rate = config.learning_rate or get_method(method.method).default_learning_rate
+    two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and get_method(method.method).two_stage)
+    history: list[dict[str, Any]] = []
+    best = {"score": -math.inf}
+    started = time.perf_counter()
+
+    def evaluate(splits: list[str] | None = None) -> list[dict[str, dict[str, float]]]:
+        results = []
+        for m, f, d, sel in zip(models, formulations, data, selection):
+            wanted = splits or [sel]
+            results.append(evaluate_model(m, f, DatasetDict({s: d[s] for s in wanted if s in d}),
+                                          config.eval_batch_size))
+        return results
+
+    def run_stage(stage: str, epochs: float, lr: float, method_on: bool) -> None:
+        for m in models:
+            set_trainable(m, method=method_on, head=True)
+        params = list({id(p): p for m in models for p in m.parameters() if p.requires_grad}.values())
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+        loaders = [_train_loader(f, e, m, config.batch_size, config.seed)
+                   for f, e, m in zip(formulations, encoded, models)]
+        per_epoch = sum(len(loader) for loader in loaders)
+        total = max(1, round(epochs * per_epoch))
+        warmup = round(config.warmup_ratio * total) if config.warmup_ratio is not None else int(config.warmup_steps or 0)
+        scheduler = get_linear_schedule_with_warmup(optimizer, min(warmup, total), total)
+        mixer = random.Random(config.seed)
+        step = 0
+        for epoch in range(math.ceil(epochs)):
+            order = [i for i, loader in enumerate(loaders) for _ in range(len(loader))]
+            mixer.shuffle(order)  # examples-proportional mixing of the tasks' batches
+            iterators = [iter(loader) for loader in loaders]
+            for m in models:
+                m.train()
+            for index in order:
+                if step >= total:
+                    break
+                batch = next(iterators[index])
+                loss = models[index](**batch).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+            for m in models:
+                m.eval()
+            scores = evaluate()
+            mains = {spec.name: s[sel][spec.main_metric] for spec, s, sel in zip(specs, scores, selection)}
+            mean = statistics.fmean(mains.values())
+            history.append({"stage": stage, "epoch": epoch + 1, "mean": mean, **mains})
+            log(f"[{stage}] epoch {epoch + 1}: mean validation {mean:.4f} ({', '.join(f'{k} {v:.4f}' for k, v in mains.items())})")
+            if stage == "method" and mean > best["score"]:
+                best.update(score=mean, epoch=epoch + 1)
+                for spec, m, f in zip(specs, models, formulations):
+                    save_adapter(m, out / spec.name / "adapter",
+                                 metadata={"task": spec.name, "label_names": list(spec.label_names or []),
+                                           "max_length": config.max_length, **f.metadata(),
+                                           "model": model or "", "model_label": "all-MiniLM-L6-v2 (bundled)"
+                                           if model is None else str(model), "split_protocol": split_protocol,
+                                           "split_seed": split_seed, "shared_with": [s.name for s in specs]})
+
+    if two_stage and config.head_epochs > 0:
+        run_stage("head", config.head_epochs, config.head_learning_rate, method_on=False)
+    run_stage("method", config.epochs, learning_rate, method_on=True)
+    train_seconds = time.perf_counter() - started
+    for spec, m in zip(specs, models):
+        load_trained_weights(m, out / spec.name / "adapter")
+    final = evaluate([s for s in ("validation", "test")])
+    report = parameter_report(models[0])
+    heads = {spec.name: parameter_report(m).groups["head"] for spec, m in zip(specs, models)}
+    results = {
+        "tasks": [s.name for s in specs], "method": method.method, "method_config": method.to_dict(),
+        "train_config": {**asdict(config), "learning_rate": learning_rate,
+                         "recipe": "two-stage" if two_stage else "joint"},
+        "split_protocol": split_protocol, "best_epoch": best.get("epoch"), "history": history,
+        "metrics": {spec.name: m for spec, m in zip(specs, final)},
+        "main_metrics": {spec.name: spec.main_metric for spec in specs},
+        "parameters": {"shared": report.method_total, "heads": heads, "base_params": report.base_params,
+                       "stored_shared": report.method_total + sum(heads.values()),
+                       "stored_per_task": len(specs) * report.method_total + sum(heads.values())},
+        "train_seconds": round(train_seconds, 2),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _main_score(metrics: dict[str, dict[str, float]], main: str) -> str:
+    return " / ".join(f"{100 * metrics[s][main]:.1f}" for s in ("validation", "test") if s in metrics)
+
+
+def analyze_shared(
+    tasks: list[str],
+    method: MethodConfig,
+    train_config: TrainConfig,
+    output_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    max_train_samples: dict[str, int] | int | None = None,
+    train_pooler: bool = False,
+    split_protocol: str = "compacter",
+) -> Path:
+    """Per-task adapters and one shared adapter, trained with the same settings (each skipped when its results
+    are already there), their similarity, and shared.md comparing scores and stored parameters."""
+    out = Path(output_dir)
+    per_task: dict[str, dict[str, Any]] = {}
+    for spec in _shared_tasks(tasks):
+        name = spec.name
+        folder = out / "per_task" / name
+        if not (folder / "results.json").is_file():
+            limit = max_train_samples.get(name) if isinstance(max_train_samples, dict) else max_train_samples
+            finetune(name, method, replace(train_config, output_dir=str(folder)), model=model, data_dir=data_dir,
+                     max_train_samples=limit, train_pooler=train_pooler, split_protocol=split_protocol)  # type: ignore[arg-type]
+        per_task[name] = json.loads((folder / "results.json").read_text())
+    shared_folder = out / "shared"
+    if not (shared_folder / "results.json").is_file():
+        train_shared_adapter(tasks, method, replace(train_config, output_dir=str(shared_folder)), model=model,
+                             data_dir=data_dir, max_train_samples=max_train_samples, train_pooler=train_pooler,
+                             split_protocol=split_protocol)
+    shared = json.loads((shared_folder / "results.json").read_text())
+    similarity = adapter_similarity({t: out / "per_task" / t / "adapter" for t in per_task})
+    write_similarity_report(similarity, out)
+    params = shared["parameters"]
+    lines = [f"# One {method.method} adapter for {', '.join(per_task)} against one per task", "",
+             "Same model, method, data and training settings; the shared adapter's tasks keep separate heads and "
+             "interleave their batches. Scores ×100 (validation / test where the split protocol has one).", "",
+             "| task | main metric | per-task adapter | shared adapter |", "|---|---|---|---|"]
+    for task, result in per_task.items():
+        main = result["main_metric"]
+        lines.append(f"| {task} | {main} | {_main_score(result['metrics'], main)} | "
+                     f"{_main_score(shared['metrics'][task], main)} |")
+    per_task_mean = statistics.fmean(r["metrics"][r["selection_split"]][r["main_metric"]] for r in per_task.values())
+    shared_mean = statistics.fmean(shared["metrics"][t]["validation"][shared["main_metrics"][t]] for t in per_task)
+    lines += [f"| mean (validation) | | {100 * per_task_mean:.1f} | {100 * shared_mean:.1f} |", "",
+              "## Stored parameters", "",
+              "| | adapter (without heads) | heads | total stored |", "|---|---|---|---|",
+              f"| one adapter per task | {len(per_task)} × {params['shared']:,} | {sum(params['heads'].values()):,} | "
+              f"{params['stored_per_task']:,} |",
+              f"| one shared adapter | {params['shared']:,} | {sum(params['heads'].values()):,} | "
+              f"{params['stored_shared']:,} |", "",
+              f"Sharing stores {100 * (1 - params['stored_shared'] / params['stored_per_task']):.1f}% fewer "
+              f"parameters ({100 * params['shared'] / params['base_params']:.4f}% of the base model for the adapter; "
+              "the heads dominate what remains).", "",
+              "What the per-task adapters share is in [similarity.md](similarity.md).", ""]
+    path = out / "shared.md"
+    path.write_text("\n".join(lines))
+    return path
