@@ -1,14 +1,15 @@
 """The MiniLM grid of the harness: every method × RTE, MRPC, STS-B, CoLA and a 2,000-example SST-2 subsample, each at
 its reference learning rate and one neighbour, seed 42; then the low-resource curve on SST-2.
 
-    python benchmarks/minilm_grid.py --data-dir ../shared/data [--part grid|lowres|all]
+    python benchmarks/minilm_grid.py --data-dir ../shared/data [--part grid|lowres|bench|all]
 
 Runs `pelt sweep` task by task (so each task's table completes before the next starts) and method group by
 method group (the neighbour of the reference learning rate is ×10 or ÷10 per method, below), all into one grid
 folder: benchmarks/results/minilm_grid/ (results.jsonl, report.md, figures; the runs' adapters and logs go to its
 runs/ folder, not committed). Resumable: rerun the same command after an interruption. The low-resource curve
 (full fine-tuning, Hadamard, Compacter++ on 100 ... 2,000 SST-2 sentences, the paper's epochs per size,
-evaluation every 250 steps) goes to benchmarks/results/minilm_lowres/.
+evaluation every 250 steps) goes to benchmarks/results/minilm_lowres/. `--part bench` (not in `all`: it needs the
+cores to itself) writes the efficiency table of every method to benchmarks/results/minilm_efficiency/.
 """
 
 from __future__ import annotations
@@ -35,22 +36,36 @@ GROUPS = [
     (["prompt-tuning:init=random", "prompt-tuning:init=vocab", "intrinsic-said"], ["ref", "ref/10"]),
 ]
 LOWRES = [("full", "3e-5"), ("hadamard", "5e-3"), ("compacter++", "3e-3")]
+# The efficiency table: every method at the grid's shape (batch 32, length 128), frozen (head only) as a reference,
+# the largest batch in 4 GiB, minutes per epoch of the 8,000-sentence SST-2 subsample the MiniLM benchmarks use.
+# Prompt tuning's two initialisations cost the same, so one row stands for both.
+BENCH = ["full", "frozen", "hadamard", "bitfit", "lora", "ia3", "adapter", "pfeiffer", "adapterdrop:drop_first=2",
+         "compacter++", "compacter", "adapter-lowrank", "phm-adapter", "prompt-tuning", "intrinsic-said"]
+BENCH_ARGS = ["--batch-size", "32", "--seq-len", "128", "--steps", "5", "--warmup", "2", "--memory-budget-mb", "4096",
+              "--epoch-examples", "8000", "--train-pooler"]
+
+
+def pelt(command: str, args: list[str]) -> None:
+    cmd = [sys.executable, "-m", "pelt.cli", command, *args]
+    print(f"[{command}]", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
 
 
 def sweep(args: list[str]) -> None:
-    cmd = [sys.executable, "-m", "pelt.cli", "sweep", *args]
-    print("[sweep]", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    pelt("sweep", args)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
-    parser.add_argument("--part", choices=["grid", "lowres", "all"], default="all")
+    parser.add_argument("--part", choices=["grid", "lowres", "bench", "all"], default="all")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--results-dir", type=Path, default=RESULTS,
                         help="where the grid folders go (default: benchmarks/results next to this script)")
     args = parser.parse_args()
+    if args.part == "bench":
+        pelt("bench", ["--methods", *BENCH, *BENCH_ARGS, "--output-dir", str(args.results_dir / "minilm_efficiency")])
+        return
     if not args.data_dir:
         sys.exit("pass --data-dir (a data root holding glue/) or set PELT_DATA_DIR")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

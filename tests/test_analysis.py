@@ -26,7 +26,7 @@ from conftest import (  # noqa: E402
 from pelt import analysis  # noqa: E402
 from pelt.analysis.ablation import PARTS, _ranges  # noqa: E402
 from pelt.analysis.capture import encoder_layers  # noqa: E402
-from pelt.analysis.fitting import HadamardMap, MappedSublayer  # noqa: E402
+from pelt.analysis.fitting import HadamardMap, MappedSublayer, spectrum  # noqa: E402
 from pelt.analysis.reference import ReferencePair  # noqa: E402
 from pelt.errors import PeltError  # noqa: E402
 from pelt.harness import GridSettings  # noqa: E402
@@ -103,6 +103,13 @@ def test_fit_errors_by_hand():
     assert errors["unexplained_change"] == pytest.approx(1.0)
     assert errors["r2"] == pytest.approx(1 - 6 / 10)
     assert errors["mean_value"] == pytest.approx(1.0)
+
+
+def test_spectrum_by_hand():
+    outputs = torch.tensor([[2.0, 1.0], [-2.0, -1.0], [2.0, -1.0], [-2.0, 1.0]])  # covariance diag(16/3, 4/3)
+    result = spectrum(outputs, top=2)
+    assert result["top_eigenvalues"] == pytest.approx([16 / 3, 4 / 3])
+    assert result["mean_eigenvalue"] == pytest.approx(10 / 3)
 
 
 @pytest.mark.parametrize("bad", ["cubic", "LINEAR"])
@@ -264,6 +271,7 @@ def test_norms_and_fitting_write_their_tables_and_figures(tiny_reference, tmp_pa
                        "--output-dir", tmp_path / "a", "--max-examples", 10)
     assert rc == 0, err
     result = json.loads((tmp_path / "a" / "attention_norms.json").read_text())
+    assert result["finetuned"] == os.path.relpath(ref["finetuned"], tmp_path / "a")  # no machine paths in results
     assert result["examples"] == 10 and len(result["layers"]) == LAYERS
     assert all(r["difference"] > 0 for r in result["layers"])  # full fine-tuning moved every layer's output
     assert png(tmp_path / "a" / "attention_norms.png")
@@ -283,6 +291,7 @@ def test_norms_and_fitting_write_their_tables_and_figures(tiny_reference, tmp_pa
     assert fitting["scores"][0]["metrics"] == pelt.pipeline.evaluate_adapter(ref["finetuned"], data_dir=ref["data"])
     assert png(tmp_path / "a" / "fitting.png")
     assert "## Task score" in (tmp_path / "a" / "fitting.md").read_text()
+    assert len(fitting["finetuned_outputs"]) == LAYERS and fitting["finetuned"] == result["finetuned"]
 
 
 def test_analyses_refuse_bad_input(tiny_reference, tmp_path, capsys):
@@ -298,6 +307,9 @@ def test_analyses_refuse_bad_input(tiny_reference, tmp_path, capsys):
                               "--module-sets", "W+gamma"], "Hadamard parts are W, b, LN")
     assert_bad_input(capsys, ["analyze", "modules", "--task", "sst2", "--model", ref["model"], "--output-dir", tmp_path,
                               "--per-layer", "first"], "--per-layer takes all, none")
+    assert_bad_input(capsys, ["analyze", "layers", "--task", "sst2", "--model", ref["model"], "--output-dir", tmp_path,
+                              "--reference", tmp_path / "nowhere"], "no results.json there")
+    assert not (tmp_path / "results.jsonl").exists()  # refused before any run
     assert_bad_input(capsys, ["analyze", "shared", "--tasks", "sst2", "--model", ref["model"], "--output-dir", tmp_path],
                      "at least two different tasks")
     assert_bad_input(capsys, ["analyze", "shared", "--tasks", "sst2", "copa", "--model", ref["model"],
@@ -440,7 +452,8 @@ def test_module_ablation_end_to_end_through_the_grid(tiny_reference, tmp_path, c
     ref = tiny_reference
     argv = ["analyze", "modules", "--task", "sst2", "--model", ref["model"], "--data-dir", ref["data"],
             "--output-dir", tmp_path / "m", "--split-protocol", "standard", "--module-sets", "b", "--per-layer", "2",
-            "--train-args", "--epochs 1 --batch-size 8 --warmup-steps 0", "--reference", ref["finetuned"].parent]
+            "--train-args", "--epochs 1 --batch-size 8 --warmup-steps 0", "--reference", ref["finetuned"].parent,
+            "--report-dir", tmp_path / "report"]
     rc, out, err = run(capsys, *argv)
     assert rc == 0, err
     records = [json.loads(line) for line in (tmp_path / "m" / "results.jsonl").read_text().splitlines()]
@@ -448,7 +461,8 @@ def test_module_ablation_end_to_end_through_the_grid(tiny_reference, tmp_path, c
                                                "hadamard:layers=2:train_weight=false:train_layernorm=false"]
     assert all(r["status"] == "ok" for r in records)
     assert records[1]["parameters"]["groups"]["method"] == HIDDEN  # b of one layer
-    assert png(tmp_path / "m" / "modules.png") and "full fine-tuning" in (tmp_path / "m" / "modules.md").read_text()
+    assert png(tmp_path / "report" / "modules.png") and not (tmp_path / "m" / "modules.md").exists()
+    assert "full fine-tuning" in (tmp_path / "report" / "modules.md").read_text()
     rc, out, err = run(capsys, *argv)  # a second call trains nothing
     assert rc == 0 and "2 already recorded, 0 to run" in out
 
@@ -527,14 +541,16 @@ def test_analyze_shared_compares_with_per_task_adapters(tiny_reference, tmp_path
     assert rc == 0, err
     text = (tmp_path / "s" / "shared.md").read_text()
     assert "| sst2 | accuracy |" in text and "| cola | matthews_correlation |" in text
-    per_task = json.loads((tmp_path / "s" / "per_task" / "sst2" / "results.json").read_text())
+    per_task = json.loads((tmp_path / "s" / "runs" / "per_task" / "sst2" / "results.json").read_text())
     assert per_task["train_samples"] == 32 and per_task["train_config"]["learning_rate"] == 5e-2
     assert (tmp_path / "s" / "similarity.md").is_file() and png(tmp_path / "s" / "similarity.png")
     rc, out, err = run(capsys, "analyze", "shared", "--tasks", "sst2", "cola", "--model", ref["model"],
                        "--data-dir", ref["data"], "--output-dir", tmp_path / "s", "--split-protocol", "standard",
                        "--max-train-samples", "sst2=32", "--train-args", "--epochs 1")
     assert rc == 0  # everything there already: nothing trains again (other settings would have shown)
-    assert json.loads((tmp_path / "s" / "per_task" / "sst2" / "results.json").read_text()) == per_task
+    assert json.loads((tmp_path / "s" / "runs" / "per_task" / "sst2" / "results.json").read_text()) == per_task
+    summary = json.loads((tmp_path / "s" / "shared.json").read_text())
+    assert summary["tasks"] == ["sst2", "cola"] and str(tmp_path) not in json.dumps(summary)
 
 
 def test_fine_tuned_reference_is_trained_once(tiny_reference, tmp_path):

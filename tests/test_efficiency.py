@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pelt.cli import main
-from pelt.harness.efficiency import FROZEN, StepMeasure, efficiency_table, largest_batch
+from pelt.harness.efficiency import FROZEN, StepMeasure, efficiency_table, largest_batch, measure_step
 
 
 def _measure(batch: int, peak: float) -> StepMeasure:
@@ -22,11 +22,17 @@ def test_largest_batch_extrapolates_then_checks_by_measurement() -> None:
     asked: list[int] = []
     batch, peak = largest_batch(line(8), line(16), 1000, lambda b: (asked.append(b), line(b))[1])
     assert (batch, peak, asked) == (50, 1000, [50])
-    # the real curve bends up: the prediction does not fit, so it steps down by 10% until one does
+    # the real curve jumps up: the prediction does not fit, and the bracket closes in on the largest that does
     bent = lambda b: _measure(b, 500 + 10 * b + (200 if b > 40 else 0))  # noqa: E731
     asked.clear()
     batch, _ = largest_batch(bent(8), bent(16), 1000, lambda b: (asked.append(b), bent(b))[1])
-    assert asked == [50, 45, 40] and batch == 40
+    assert asked == [50, 37, 42, 39, 40, 41] and batch == 40
+    # memory that hardly grows at small batches and fast at large ones (a forward pass with no gradients): the
+    # straight line overshoots tenfold; the search still ends within 2% of the true largest batch, 636
+    convex = lambda b: _measure(b, 800 + 2 * b + b * b / 200)  # noqa: E731
+    asked.clear()
+    batch, peak = largest_batch(convex(32), convex(64), 4096, lambda b: (asked.append(b), convex(b))[1])
+    assert 623 <= batch <= 636 and peak <= 4096 and len(asked) <= 8 and asked[0] > 1000
     # nothing fits: 0
     batch, peak = largest_batch(line(8), line(16), 400, lambda b: line(b))
     assert batch == 0 and math.isnan(peak)
@@ -53,11 +59,21 @@ def test_efficiency_table_measures_each_method_in_its_own_process(tiny_model_dir
 
 def test_bench_command_writes_tables_and_refuses_bad_input(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
     code = main(["bench", "--methods", "full", "bitfit", "--model", str(tiny_model_dir), "--batch-size", "2",
-                 "--seq-len", "8", "--steps", "1", "--warmup", "0", "--output-dir", str(tmp_path)])
+                 "--seq-len", "8", "--steps", "1", "--warmup", "0", "--train-pooler", "--output-dir", str(tmp_path)])
     assert code == 0
     assert "| bitfit |" in capsys.readouterr().out
-    assert [r["variant"] for r in json.loads((tmp_path / "efficiency.json").read_text())] == ["full", "bitfit"]
-    assert "| full | 100.0000 |" in (tmp_path / "efficiency.md").read_text()
+    rows = json.loads((tmp_path / "efficiency.json").read_text())
+    assert [r["variant"] for r in rows] == ["full", "bitfit"]
+    text = (tmp_path / "efficiency.md").read_text()
+    assert "| full | 96.7066 |" in text  # with the pooler (1,056 of 32,064) counted in the head, not the method
+    assert text.startswith(f"Produced by `pelt bench --methods full bitfit --model {tiny_model_dir} --batch-size 2")
+    assert "--output-dir" not in text.splitlines()[0]
     assert main(["bench", "--methods", "nope", "--model", str(tiny_model_dir)]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
     assert main(["bench", "--methods", "full", "--batch-size", "0"]) == 2
+
+
+def test_bench_can_train_the_pooler_with_the_head(tiny_model_dir: Path) -> None:
+    with_pooler = measure_step("bitfit", str(tiny_model_dir), 2, 8, steps=1, warmup=0, train_pooler=True)
+    without = measure_step("bitfit", str(tiny_model_dir), 2, 8, steps=1, warmup=0)
+    assert with_pooler.trained_params - without.trained_params == 32 * 32  # its weight; BitFit trains its bias

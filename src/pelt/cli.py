@@ -197,6 +197,7 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
     bench.add_argument("--memory-budget-mb", type=float, default=None,
                        help="also find the largest batch whose peak memory fits this budget")
     bench.add_argument("--epoch-examples", type=int, default=None, help="also report minutes per epoch of N examples")
+    bench.add_argument("--train-pooler", action="store_true", help="train BERT's pooler with the head (as pelt train)")
     bench.add_argument("--output-dir", default=None, help="write efficiency.md and efficiency.json there")
 
     report = sub.add_parser("report", help="tables and figures of a grid (written next to its results)")
@@ -236,7 +237,7 @@ def _add_analyze_parser(sub: Any) -> None:
     common(fit)
     fit.add_argument("--functions", nargs="+", default=None,
                      help="function classes (default: identity bias scalar hadamard linear mlp)")
-    fit.add_argument("--fit-examples", type=int, default=256, help="training examples whose tokens are fitted")
+    fit.add_argument("--fit-examples", type=int, default=512, help="training examples whose tokens are fitted")
     fit.add_argument("--heldout-examples", type=int, default=256, help="validation examples the fits are judged on")
     fit.add_argument("--mlp-steps", type=int, default=400, help="optimizer steps of the non-linear fit")
 
@@ -393,13 +394,17 @@ def _bench(args: argparse.Namespace) -> None:
             raise PeltError(f"--{name} must be at least 1, got {value}")
     rows = efficiency_table(args.methods, args.model, batch_size=args.batch_size, seq_len=args.seq_len,
                             steps=args.steps, warmup=args.warmup, memory_budget_mb=args.memory_budget_mb,
-                            epoch_examples=args.epoch_examples, log=lambda line: print(line, file=sys.stderr))
+                            epoch_examples=args.epoch_examples, train_pooler=args.train_pooler,
+                            log=lambda line: print(line, file=sys.stderr))
     table = markdown(rows, memory_budget_mb=args.memory_budget_mb, epoch_examples=args.epoch_examples)
     print(table)
     if args.output_dir:
         folder = Path(args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "efficiency.md").write_text(table)
+        shown = [a for i, a in enumerate(args.argv)  # the output folder is where the table is, not how it was made
+                 if a != "--output-dir" and (i == 0 or args.argv[i - 1] != "--output-dir")]
+        command = " ".join(["pelt", *(a if a and " " not in a else repr(a) for a in shown)])
+        (folder / "efficiency.md").write_text(f"Produced by `{command}`.\n\n{table}")
         (folder / "efficiency.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
@@ -463,15 +468,15 @@ def _analyze(args: argparse.Namespace) -> None:
                 _layer_list(args.per_layer)
             sets = [tuple(part.strip() for part in text.split("+")) for text in args.module_sets or []] or None
             runs = analysis.module_ablation(args.task, num_layers, module_sets=sets, per_layer=per_layer, **options)
-        settings = GridSettings(args.data_dir, args.model, args.split_protocol, shlex.split(args.train_args))
-        analysis.run_ablation(runs, out, settings, retry_failed=args.retry_failed)
         reference = None
-        if args.reference:
+        if args.reference:  # checked before any run starts
             path = Path(args.reference)
             path = path / "results.json" if path.is_dir() else path
             if not path.is_file():
                 raise PeltError(f"--reference {args.reference}: no results.json there; pass a `pelt train` run folder")
             reference = json.loads(path.read_text())
+        settings = GridSettings(args.data_dir, args.model, args.split_protocol, shlex.split(args.train_args))
+        analysis.run_ablation(runs, out, settings, retry_failed=args.retry_failed)
         write = analysis.write_layer_report if args.analysis == "layers" else analysis.write_module_report
         print(write(runs, out, Path(args.report_dir or out), reference=reference))
     elif args.analysis == "shared":
@@ -530,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = _build_parser(_method_from_argv(argv))
         args = parser.parse_args(argv)
+        args.argv = argv
         {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
          "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args)
     except PeltError as e:

@@ -24,7 +24,7 @@ from pelt.analysis.capture import (
     encoder_layers,
     plot_attention_norms,
 )
-from pelt.analysis.fitting import FIT_FUNCTIONS, MappedSublayer, SublayerMap, fit_errors, fit_map
+from pelt.analysis.fitting import FIT_FUNCTIONS, MappedSublayer, SublayerMap, fit_errors, fit_map, spectrum
 from pelt.analysis.reference import ReferencePair, load_reference_pair
 from pelt.errors import PeltError
 from pelt.methods.base import replace_module
@@ -39,6 +39,11 @@ def _eval_split(data: DatasetDict) -> str:
 
 def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _relative(path: str | os.PathLike, folder: str | os.PathLike) -> str:
+    """`path` as seen from `folder`: the results name their inputs without this machine's directories."""
+    return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
 
 
 def analyze_attention_norms(
@@ -63,8 +68,8 @@ def analyze_attention_norms(
     folder.mkdir(parents=True, exist_ok=True)
     title = f"{pair.spec.name}: self-attention outputs before and after full fine-tuning ({split}, {len(encoded)} examples)"
     plot_attention_norms(stats, folder / "attention_norms.png", title=title)
-    result = {"task": pair.spec.name, "finetuned": str(finetuned), "split": split, "examples": len(encoded),
-              **stats.summary(), "layers": stats.rows()}
+    result = {"task": pair.spec.name, "finetuned": _relative(finetuned, folder), "split": split,
+              "examples": len(encoded), **stats.summary(), "layers": stats.rows()}
     _write_json(folder / "attention_norms.json", result)
     (folder / "attention_norms.md").write_text(
         f"# {title}\n\n{result['tokens']:,} tokens; ‖A‖ is the per-token norm of the attention output projection's "
@@ -102,7 +107,7 @@ def analyze_fitting(
     data_dir: str | os.PathLike | None = None,
     model: str | None = None,
     functions: list[str] | None = None,
-    fit_examples: int = 256,
+    fit_examples: int = 512,
     heldout_examples: int = 256,
     batch_size: int = 32,
     seed: int = 0,
@@ -135,7 +140,7 @@ def analyze_fitting(
         for i in layers:
             per_layer.append({"function": function, "layer": i, "parameters": maps[function][i].num_parameters,
                               **fit_errors(maps[function][i], x_held[i], y_held[i])})
-    finetuned_means = [float(y.double().mean()) for y in y_held]
+    tuned_outputs = [{"mean_value": float(y.double().mean()), **spectrum(y)} for y in y_held]
 
     evaluation = DatasetDict({name: split_data for name, split_data in data.items() if name != "train"})
     scores = [{"model": "full fine-tuning", "layernorms": "fine-tuned",
@@ -146,12 +151,12 @@ def analyze_fitting(
             scores.append({"model": f"base + {function} maps", "function": function,
                            "layernorms": "fine-tuned" if tuned_norms else "base",
                            "metrics": evaluate_model(mapped, pair.formulation, evaluation)})
-    result = {"task": pair.spec.name, "finetuned": str(finetuned), "main_metric": pair.spec.main_metric,
-              "fit_examples": len(fit_rows), "fit_tokens": int(x_fit[0].shape[0]), "heldout_split": split,
-              "heldout_examples": len(held_rows), "heldout_tokens": int(x_held[0].shape[0]),
-              "finetuned_mean_value": finetuned_means, "per_layer": per_layer, "scores": scores}
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    result = {"task": pair.spec.name, "finetuned": _relative(finetuned, folder), "main_metric": pair.spec.main_metric,
+              "fit_examples": len(fit_rows), "fit_tokens": int(x_fit[0].shape[0]), "heldout_split": split,
+              "heldout_examples": len(held_rows), "heldout_tokens": int(x_held[0].shape[0]),
+              "finetuned_outputs": tuned_outputs, "per_layer": per_layer, "scores": scores}
     _write_json(folder / "fitting.json", result)
     _plot_fitting(result, functions, folder / "fitting.png")
     (folder / "fitting.md").write_text(_fitting_markdown(result, functions))
@@ -177,6 +182,14 @@ def _fitting_markdown(result: dict[str, Any], functions: list[str]) -> str:
               "| function | " + " | ".join(f"layer {i}" for i in layers) + " |", "|---|" + "---|" * len(layers)]
     for function in functions:
         lines.append(f"| {function} | " + " | ".join(f"{cell[(function, i)]['r2']:.4f}" for i in layers) + " |")
+    lines += ["", "## Mean characteristic value per layer (held out)", "",
+              "The mean eigenvalue of the outputs' covariance over tokens (the paper's Fig. 2c): the fine-tuned "
+              "outputs' own, then each fitted map's.", "",
+              "| outputs | " + " | ".join(f"layer {i}" for i in layers) + " |", "|---|" + "---|" * len(layers),
+              "| fine-tuned | " + " | ".join(f"{t['mean_eigenvalue']:.4f}" for t in result["finetuned_outputs"]) + " |"]
+    for function in functions:
+        lines.append(f"| {function} | " +
+                     " | ".join(f"{cell[(function, i)]['mean_eigenvalue']:.4f}" for i in layers) + " |")
     splits = list(result["scores"][0]["metrics"])
     lines += ["", f"## Task score ({main} ×100) with the fitted maps in place of fine-tuning", "",
               "Base model, each layer's attention output through its fitted map, the fine-tuned head on top; the "
@@ -195,23 +208,28 @@ def _plot_fitting(result: dict[str, Any], functions: list[str], path: Path) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 4.2))
     for function in functions:
         rows = sorted((r for r in result["per_layer"] if r["function"] == function), key=lambda r: r["layer"])
         layers = [r["layer"] for r in rows]
         left.plot(layers, [max(r["unexplained_change"], 1e-6) for r in rows], marker="o", label=function)
-        right.plot(layers, [r["mean_value"] for r in rows], marker="o", label=function)
-    right.plot(range(len(result["finetuned_mean_value"])), result["finetuned_mean_value"], color="black",
-               linestyle="--", marker="s", label="fine-tuned")
+        middle.plot(layers, [r["mean_value"] for r in rows], marker="o", label=function)
+        right.plot(layers, [r["mean_eigenvalue"] for r in rows], marker="o", label=function)
+    tuned = result["finetuned_outputs"]
+    for ax, key in ((middle, "mean_value"), (right, "mean_eigenvalue")):
+        ax.plot(range(len(tuned)), [t[key] for t in tuned], color="black", linestyle="--", marker="s",
+                label="fine-tuned")
+        ax.set_xlabel("layer")
+        ax.legend(fontsize=8)
     left.set_yscale("log")
     left.set_xlabel("layer")
     left.set_ylabel("unexplained change ‖Y − f(X)‖² / ‖Y − X‖²")
     left.set_title("(a) fit error on held-out tokens", fontsize=10)
-    right.set_xlabel("layer")
-    right.set_ylabel("mean output value")
-    right.set_title("(b) mean value of the attention output", fontsize=10)
     left.legend(fontsize=8)
-    right.legend(fontsize=8)
+    middle.set_ylabel("mean output value")
+    middle.set_title("(b) mean value of the attention output", fontsize=10)
+    right.set_ylabel("mean eigenvalue of the output covariance")
+    right.set_title("(c) mean characteristic value", fontsize=10)
     fig.suptitle(f"{result['task']}: fitting fine-tuned attention outputs")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -11,14 +11,14 @@ Hadamard adapter's premise holds on that model and task.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from pelt.errors import PeltError
 
-__all__ = ["FIT_FUNCTIONS", "MappedSublayer", "SublayerMap", "fit_errors", "fit_map"]
+__all__ = ["FIT_FUNCTIONS", "MappedSublayer", "SublayerMap", "fit_errors", "fit_map", "spectrum"]
 
 
 class SublayerMap(nn.Module):
@@ -178,9 +178,18 @@ def fit_map(function: str, x: torch.Tensor, y: torch.Tensor, **options: float) -
     return FIT_FUNCTIONS[function].fit(x, y, **options)
 
 
+def spectrum(outputs: torch.Tensor, top: int = 8) -> dict[str, Any]:
+    """The eigenvalues ("characteristic values") of the outputs' covariance over tokens: their mean (the mean
+    variance per dimension) and the largest few."""
+    centered = outputs.double() - outputs.double().mean(0)
+    eigenvalues = torch.linalg.eigvalsh(centered.T @ centered / max(1, centered.shape[0] - 1)).flip(0)
+    return {"mean_eigenvalue": float(eigenvalues.mean()), "top_eigenvalues": [float(v) for v in eigenvalues[:top]]}
+
+
 @torch.no_grad()
-def fit_errors(fitted: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """How well `fitted` maps x to y: the unexplained share of the change, R², and the mean output value."""
+def fit_errors(fitted: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """How well `fitted` maps x to y: the unexplained share of the change, R², and the mean value and covariance
+    spectrum of what it puts out (to set beside the fine-tuned outputs' own)."""
     x, y = x.float(), y.float()
     predicted = fitted(x)
     residual = (y - predicted).double().pow(2).sum()
@@ -190,6 +199,7 @@ def fit_errors(fitted: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, 
         "unexplained_change": float(residual / change) if change > 0 else float("nan"),
         "r2": float(1 - residual / spread) if spread > 0 else float("nan"),
         "mean_value": float(predicted.double().mean()),
+        **spectrum(predicted),
     }
 
 

@@ -8,7 +8,7 @@ a fresh copy of its base model, with the task's formulation and data splits.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,7 @@ def finetuned_reference(
     folder = Path(output_dir)
     if (folder / "results.json").is_file() and (folder / "adapter").is_dir():
         return folder / "adapter"
-    config = train_config or TrainConfig(output_dir=str(folder))
-    config = TrainConfig(**{**config.__dict__, "output_dir": str(folder)})
+    config = replace(train_config, output_dir=str(folder)) if train_config else TrainConfig(output_dir=str(folder))
     finetune(task, FullConfig(), config, model=model, data_dir=data_dir, max_train_samples=max_train_samples,
              train_pooler=train_pooler, split_protocol=split_protocol)  # type: ignore[arg-type]
     return folder / "adapter"

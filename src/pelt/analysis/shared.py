@@ -242,6 +242,9 @@ def train_shared_adapter(
                                               head_parameter_names(task_model, train_pooler=train_pooler),
                                               shared.base_param_count, train_pooler)
         models.append(task_model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for task_model in models:
+        task_model.to(device)
     get_method(method.method).check_input_length(models[0], config.max_length)
     formulations = [formulation_for(spec, m.config, tokenizer, config.max_length) for spec, m in zip(specs, models)]
     data: list[DatasetDict] = []
@@ -287,7 +290,7 @@ def train_shared_adapter(
             for index in order:
                 if step >= total:
                     break
-                batch = next(iterators[index])
+                batch = {k: v.to(device) for k, v in next(iterators[index]).items()}
                 loss = models[index](**batch).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -356,21 +359,22 @@ def analyze_shared(
     are already there), their similarity, and shared.md comparing scores and stored parameters."""
     out = Path(output_dir)
     per_task: dict[str, dict[str, Any]] = {}
+    runs = out / "runs"  # trained weights and full results (with this machine's paths) stay out of the report
     for spec in _shared_tasks(tasks):
         name = spec.name
-        folder = out / "per_task" / name
+        folder = runs / "per_task" / name
         if not (folder / "results.json").is_file():
             limit = max_train_samples.get(name) if isinstance(max_train_samples, dict) else max_train_samples
             finetune(name, method, replace(train_config, output_dir=str(folder)), model=model, data_dir=data_dir,
                      max_train_samples=limit, train_pooler=train_pooler, split_protocol=split_protocol)  # type: ignore[arg-type]
         per_task[name] = json.loads((folder / "results.json").read_text())
-    shared_folder = out / "shared"
+    shared_folder = runs / "shared"
     if not (shared_folder / "results.json").is_file():
         train_shared_adapter(tasks, method, replace(train_config, output_dir=str(shared_folder)), model=model,
                              data_dir=data_dir, max_train_samples=max_train_samples, train_pooler=train_pooler,
                              split_protocol=split_protocol)
     shared = json.loads((shared_folder / "results.json").read_text())
-    similarity = adapter_similarity({t: out / "per_task" / t / "adapter" for t in per_task})
+    similarity = adapter_similarity({t: runs / "per_task" / t / "adapter" for t in per_task})
     write_similarity_report(similarity, out)
     params = shared["parameters"]
     lines = [f"# One {method.method} adapter for {', '.join(per_task)} against one per task", "",
@@ -394,6 +398,12 @@ def analyze_shared(
               f"parameters ({100 * params['shared'] / params['base_params']:.4f}% of the base model for the adapter; "
               "the heads dominate what remains).", "",
               "What the per-task adapters share is in [similarity.md](similarity.md).", ""]
+    summary = {"tasks": list(per_task), "method": method.method, "parameters": params,
+               "per_task": {t: {"metrics": r["metrics"], "main_metric": r["main_metric"],
+                                "train_seconds": r["train_seconds"]} for t, r in per_task.items()},
+               "shared": {k: shared[k] for k in ("metrics", "best_epoch", "history", "train_seconds")},
+               "train_config": shared["train_config"] | {"output_dir": None}}
+    (out / "shared.json").write_text(json.dumps(summary, indent=2) + "\n")
     path = out / "shared.md"
     path.write_text("\n".join(lines))
     return path

@@ -98,12 +98,14 @@ def measure_step(variant: str, model: str | None, batch_size: int, seq_len: int,
 
 
 def measure_in_subprocess(variant: str, model: str | None, batch_size: int, seq_len: int, steps: int,
-                          warmup: int) -> StepMeasure:
+                          warmup: int, *, train_pooler: bool = False) -> StepMeasure:
     """`measure_step` in a fresh Python process: a clean peak, and an out-of-memory kill stays contained."""
     cmd = [sys.executable, "-m", "pelt.harness.efficiency", "--variant", variant, "--batch-size", str(batch_size),
            "--seq-len", str(seq_len), "--steps", str(steps), "--warmup", str(warmup)]
     if model:
         cmd += ["--model", str(model)]
+    if train_pooler:
+        cmd.append("--train-pooler")
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()] or [f"exit code {done.returncode}"]
@@ -112,24 +114,45 @@ def measure_in_subprocess(variant: str, model: str | None, batch_size: int, seq_
 
 
 def largest_batch(first: StepMeasure, second: StepMeasure, budget_mb: float, measure: Any,
-                  max_batch: int = 4096) -> tuple[int, float]:
-    """The largest batch (up to `max_batch`) whose measured peak fits `budget_mb` (0 if none does), and its peak."""
-    slope = (second.peak_memory_mb - first.peak_memory_mb) / (second.batch_size - first.batch_size)
-    fixed = first.peak_memory_mb - slope * first.batch_size
-    guess = min(int((budget_mb - fixed) / slope) if slope > 0 else max_batch, max_batch)
-    for _ in range(6):
-        if guess < 1:
-            return 0, math.nan
+                  max_batch: int = 4096, attempts: int = 8) -> tuple[int, float]:
+    """The largest batch (up to `max_batch`) found to fit `budget_mb` (0 if none does), and its measured peak.
+
+    The first guess extrapolates the line through the two measured points. A guess that does not fit brackets the
+    answer with the largest batch known to fit, and the next guess is the line through those two (regula falsi),
+    so a peak that grows faster or slower than the first line predicts is still found in a few measurements."""
+    fits = [(m.batch_size, m.peak_memory_mb) for m in (first, second) if m.peak_memory_mb <= budget_mb]
+    low, low_peak = max(fits) if fits else (0, math.nan)
+    high: tuple[int, float] | None = None  # the smallest batch measured not to fit
+    (b1, p1), (b2, p2) = sorted([(first.batch_size, first.peak_memory_mb), (second.batch_size, second.peak_memory_mb)])
+    slope = (p2 - p1) / (b2 - b1) if b2 != b1 else 0.0
+    guess = min(int(b1 + (budget_mb - p1) / slope) if slope > 0 else max_batch, max_batch)
+    for _ in range(attempts):
+        if guess <= low or (high is not None and guess >= high[0]):
+            break
         peak = measure(guess).peak_memory_mb
         if peak <= budget_mb:
-            return guess, peak
-        guess = int(guess * 0.9)
-    return 0, math.nan
+            low, low_peak = guess, peak
+            if high is None:
+                break  # the line's prediction fits: take it
+        else:
+            high = (guess, peak)
+        if high is None:
+            break
+        if high[0] - low <= max(1, low // 50):  # the bracket is within 2%: close enough
+            break
+        base_peak = low_peak if low else 0.0
+        step = (high[1] - base_peak) / (high[0] - low) if high[0] > low else 0.0
+        guess = low + int((budget_mb - base_peak) / step) if step > 0 else (low + high[0]) // 2
+        guess = max(low + 1, min(guess, high[0] - 1))
+        if low and guess - low < max(1, low // 50):  # the line says the budget is all but used: stop
+            break
+    return low, low_peak
 
 
 def efficiency_table(variants: list[str], model: str | None, *, batch_size: int = 32, seq_len: int = 128,
                      steps: int = 5, warmup: int = 2, memory_budget_mb: float | None = None,
-                     epoch_examples: int | None = None, log: Any = print) -> list[dict[str, Any]]:
+                     epoch_examples: int | None = None, train_pooler: bool = False,
+                     log: Any = print) -> list[dict[str, Any]]:
     """One row per variant (measured in its own processes), with ratios to full fine-tuning when it is listed."""
     for variant in variants:
         if variant != FROZEN:
@@ -137,14 +160,14 @@ def efficiency_table(variants: list[str], model: str | None, *, batch_size: int 
     rows = []
     for variant in variants:
         log(f"measuring {variant} at batch {batch_size} x {seq_len}")
-        main = measure_in_subprocess(variant, model, batch_size, seq_len, steps, warmup)
+        main = measure_in_subprocess(variant, model, batch_size, seq_len, steps, warmup, train_pooler=train_pooler)
         row: dict[str, Any] = asdict(main)
         if epoch_examples:
             row["epoch_minutes"] = round(main.ms_per_step * math.ceil(epoch_examples / batch_size) / 60000, 2)
         if memory_budget_mb:
             def measure(b: int) -> StepMeasure:
                 log(f"  {variant}: peak at batch {b}")
-                return measure_in_subprocess(variant, model, b, seq_len, 1, 1)
+                return measure_in_subprocess(variant, model, b, seq_len, 1, 0, train_pooler=train_pooler)
             second = measure(2 * batch_size)
             row["largest_batch"], row["largest_batch_peak_mb"] = largest_batch(main, second, memory_budget_mb,
                                                                                measure)
@@ -188,8 +211,10 @@ def _worker() -> None:
     parser.add_argument("--seq-len", type=int, required=True)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--train-pooler", action="store_true")
     args = parser.parse_args()
-    measured = measure_step(args.variant, args.model, args.batch_size, args.seq_len, args.steps, args.warmup)
+    measured = measure_step(args.variant, args.model, args.batch_size, args.seq_len, args.steps, args.warmup,
+                            train_pooler=args.train_pooler)
     print(json.dumps(asdict(measured)))
 
 
