@@ -6,7 +6,7 @@ CPU (the process's, runtime included), the allocator's peak on CUDA. A step is f
 a fixed batch × length of random tokens (no padding, so every method sees the same shape). The largest batch
 is found by measuring the peak at two batch sizes, extrapolating the straight line through them (activations
 grow linearly with the batch; weights and optimizer state do not), then checking the prediction by a
-measurement and stepping down until it fits.
+measurement; one that does not fit brackets the answer, which the search narrows by regula falsi.
 """
 
 from __future__ import annotations
