@@ -320,6 +320,27 @@ def test_analyses_refuse_bad_input(tiny_reference, tmp_path, capsys):
                      "--adapters takes TASK=DIR")
 
 
+def test_attention_analyses_on_a_multiple_choice_task(tiny_reference, tmp_path, capsys):
+    """COPA scores each choice as its own sequence: the analyses capture every choice's tokens."""
+    from conftest import write_jsonl
+
+    copa = [{"premise": f"w{i} w3 w9", "choice1": "w5 w6 w11", "choice2": "w7 w12",
+             "question": ["cause", "effect"][i % 2], "label": i % 2, "idx": i} for i in range(12)]
+    data = write_jsonl(tmp_path / "superglue" / "COPA", {"train": copa, "val": copa}).parent
+    assert run(capsys, "train", "--task", "copa", "--method", "full", "--model", tiny_reference["model"],
+               "--data-dir", data, "--output-dir", tmp_path / "ft", "--epochs", "1", "--batch-size", "4",
+               "--split-protocol", "compacter")[0] == 0
+    rc, out, err = run(capsys, "analyze", "fit", "--finetuned", tmp_path / "ft" / "adapter", "--data-dir", data,
+                       "--output-dir", tmp_path / "a", "--functions", "identity", "hadamard")
+    assert rc == 0, err
+    fitting = json.loads((tmp_path / "a" / "fitting.json").read_text())
+    tokens = sum(len(text.split()) + 2 for row in copa for text in  # [CLS] premise [SEP] because|so choice [SEP]
+                 (f"{row['premise']} {'because' if row['question'] == 'cause' else 'so'} {row['choice1']}",
+                  f"{row['premise']} {'because' if row['question'] == 'cause' else 'so'} {row['choice2']}"))
+    assert fitting["fit_tokens"] == tokens + len(copa) * 2  # 3 special tokens per sequence, both choices
+    assert set(fitting["scores"][0]["metrics"]) == {"validation", "test"}
+
+
 # ---- layer and module ablations -------------------------------------------------------------------------------
 
 
@@ -380,6 +401,17 @@ def test_each_layer_ablation_trains_exactly_its_layers(run_index):
     ablation = analysis.layer_ablation("sst2", LAYERS)[run_index]
     layers = {int(n.split(".")[3]) for n in trained_names(ablation.spec.variant)}
     assert layers == set(ablation.layers) and set(ablation.parts) == set(PARTS)
+
+
+def test_layer_ablation_on_t5_adapts_the_same_layers_of_both_stacks(tiny_t5_dir):
+    assert analysis.encoder_depth(str(tiny_t5_dir)) == 2  # conftest.tiny_t5: 2 encoder and 2 decoder layers
+    [bottom] = [r for r in analysis.layer_ablation("rte", LAYERS, ks=[1]) if r.label == "bottom 1"]
+    model = tiny_model("t5")
+    method, options = parse_variant(bottom.spec.variant)
+    pelt.apply_method(model, variant_config(method, options))
+    adapted = {(n.split(".")[0], int(n.split(".")[2])) for n, p in model.named_parameters()
+               if p.requires_grad and "hadamard" in n}
+    assert adapted == {("encoder", 0), ("decoder", 0)}
 
 
 def test_untrained_parts_stay_at_identity_and_are_not_saved(tmp_path):

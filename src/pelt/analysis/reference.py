@@ -78,9 +78,9 @@ class ReferencePair:
 def load_reference_pair(finetuned: str | os.PathLike, *, model: str | None = None) -> ReferencePair:
     """Load a saved full fine-tuning (or any adapter) and the base model it was trained on."""
     tuned, tokenizer, config, spec = load_adapted(finetuned, model=model)
-    if spec.kind in ("multiple_choice", "entity_ranking") or getattr(tuned.config, "is_encoder_decoder", False):
-        raise PeltError(f"the attention analyses run on encoder classification tasks; {spec.name} is "
-                        f"{'text to text' if tuned.config.is_encoder_decoder else spec.kind.replace('_', ' ')}")
+    if getattr(tuned.config, "is_encoder_decoder", False):
+        raise PeltError(f"the attention analyses compare encoder models with a task head; {finetuned} is a text-to-"
+                        "text adapter of an encoder-decoder model (train the reference on an encoder)")
     base, _ = load_task_model(spec, adapter_base_model(config, model))
     base.eval()
     formulation = formulation_for(spec, tuned.config, tokenizer, int(config.get("max_length", 128)))
