@@ -4,7 +4,7 @@
 
 Into benchmarks/results/analysis/<task>/ (the runs' adapters and logs go to runs/ folders, not committed):
 - reference: full fine-tuning of each task (learning rate 5e-5), the "after" of Fig. 1 and Fig. 2;
-- attention: `pelt analyze norms` (Fig. 1) and `pelt analyze fit` (Fig. 2);
+- attention: `pelt analyze norms` (Fig. 1) and `pelt analyze fit`, independent and sequential fits (Fig. 2);
 - layers: `pelt analyze layers`, the adapter on the top / bottom k of the 6 layers (Fig. 4);
 - modules: `pelt analyze modules`, W, b, LN and their combinations on all layers for every task, and W, b, LN,
   W+b+LN on each layer alone for SST-2, whose 1,000 validation and 872 test sentences separate what RTE's
@@ -71,8 +71,9 @@ def main() -> None:
                 out = str(root / task)
                 pelt("analyze", "norms", "--finetuned", str(full / "adapter"), "--data-dir", args.data_dir,
                      "--output-dir", out)
-                pelt("analyze", "fit", "--finetuned", str(full / "adapter"), "--data-dir", args.data_dir,
-                     "--output-dir", out)
+                for chained in ([], ["--sequential"]):
+                    pelt("analyze", "fit", "--finetuned", str(full / "adapter"), "--data-dir", args.data_dir,
+                         "--output-dir", out, *chained)
     for kind in ("layers", "modules"):
         if kind not in parts:
             continue

@@ -226,6 +226,38 @@ def test_fitted_hadamard_map_reproduces_a_hadamard_fine_tuning_exactly():
         analysis.model_with_fitted_maps(pair, maps[:1])
 
 
+def test_sequential_fits_recover_a_hadamard_fine_tuning_of_every_layer():
+    """Fine-tuning = W ⊙ A + b on every layer. Fitted independently, the upper layers' maps meet inputs the lower
+    maps changed and are off; fitted sequentially, each recovers its layer's W and b and the mapped base model
+    computes the fine-tuned logits."""
+    from pelt.analysis.attention import Captures, fit_layer_maps
+
+    base, tuned = tiny_model("bert"), tiny_model("bert")
+    pelt.apply_method(tuned, pelt.HadamardConfig(train_layernorm=False))
+    g = torch.Generator().manual_seed(9)
+    truth = []
+    with torch.no_grad():
+        for ref in encoder_layers(tuned):
+            layer = tuned.get_submodule(ref.site("attention_output"))
+            layer.hadamard_weight.copy_(1 + 0.5 * torch.randn(HIDDEN, generator=g))
+            layer.hadamard_bias.copy_(0.3 * torch.randn(HIDDEN, generator=g))
+            truth.append((layer.hadamard_weight.clone(), layer.hadamard_bias.clone()))
+    g = torch.Generator().manual_seed(10)
+    batches = [{"input_ids": torch.randint(5, len(VOCAB), (16, 12), generator=g),
+                "attention_mask": torch.ones(16, 12, dtype=torch.long)} for _ in range(3)]
+    pair = ReferencePair(base, tuned, None, None, {}, None)  # type: ignore[arg-type]
+    captures = Captures.of(pair, batches, batches)
+    sequential, errors = fit_layer_maps(pair, "hadamard", captures, sequential=True)
+    independent, _ = fit_layer_maps(pair, "hadamard", captures)
+    for fitted, (w, b) in zip(sequential, truth):
+        assert torch.allclose(fitted.weight, w, atol=1e-4) and torch.allclose(fitted.bias, b, atol=1e-4)
+    assert all(e["unexplained_change"] < 1e-6 for e in errors)
+    assert not torch.allclose(independent[-1].weight, truth[-1][0], atol=1e-2)
+    with torch.no_grad():
+        mapped = analysis.model_with_fitted_maps(pair, sequential)
+        assert torch.allclose(mapped(**batches[0]).logits, tuned(**batches[0]).logits, atol=1e-5)
+
+
 def test_fitted_map_can_take_the_fine_tuned_layernorms():
     base, tuned = tiny_model("bert"), tiny_model("bert", seed=1)
     pair = ReferencePair(base, tuned, None, None, {}, None)  # type: ignore[arg-type]
@@ -292,6 +324,14 @@ def test_norms_and_fitting_write_their_tables_and_figures(tiny_reference, tmp_pa
     assert png(tmp_path / "a" / "fitting.png")
     assert "## Task score" in (tmp_path / "a" / "fitting.md").read_text()
     assert len(fitting["finetuned_outputs"]) == LAYERS and fitting["finetuned"] == result["finetuned"]
+    rc, out, err = run(capsys, "analyze", "fit", "--finetuned", ref["finetuned"], "--data-dir", ref["data"],
+                       "--output-dir", tmp_path / "a", "--functions", "hadamard", "--sequential")
+    assert rc == 0, err
+    chained = json.loads((tmp_path / "a" / "fitting_sequential.json").read_text())
+    assert chained["fits"] == "sequential" and fitting["fits"] == "independent"
+    layer0 = [r for r in fitting["per_layer"] if r["function"] == "hadamard"][0]
+    assert chained["per_layer"][0]["unexplained_change"] == pytest.approx(layer0["unexplained_change"])  # same input
+    assert png(tmp_path / "a" / "fitting_sequential.png") and (tmp_path / "a" / "fitting.md").is_file()
 
 
 def test_analyses_refuse_bad_input(tiny_reference, tmp_path, capsys):

@@ -240,6 +240,8 @@ def _add_analyze_parser(sub: Any) -> None:
     fit.add_argument("--fit-examples", type=int, default=512, help="training examples whose tokens are fitted")
     fit.add_argument("--heldout-examples", type=int, default=256, help="validation examples the fits are judged on")
     fit.add_argument("--mlp-steps", type=int, default=400, help="optimizer steps of the non-linear fit")
+    fit.add_argument("--sequential", action="store_true",
+                     help="fit layer i on its outputs with the layers below already mapped (fitting_sequential.*)")
 
     for name, text in (("layers", "the Hadamard adapter on the top k / bottom k layers (the paper's Fig. 4)"),
                        ("modules", "train W, b, the LayerNorm and their combinations, on all layers and on each "
@@ -454,8 +456,9 @@ def _analyze(args: argparse.Namespace) -> None:
     elif args.analysis == "fit":
         result = analysis.analyze_fitting(args.finetuned, out, data_dir=args.data_dir, model=args.model,
                                           functions=args.functions, fit_examples=args.fit_examples,
-                                          heldout_examples=args.heldout_examples, mlp_steps=args.mlp_steps)
-        print(out / "fitting.md")
+                                          heldout_examples=args.heldout_examples, mlp_steps=args.mlp_steps,
+                                          sequential=args.sequential)
+        print(out / ("fitting_sequential.md" if args.sequential else "fitting.md"))
     elif args.analysis in ("layers", "modules"):
         from pelt.harness import GridSettings
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,21 @@ from pelt.analysis.capture import (
     encoder_layers,
     plot_attention_norms,
 )
-from pelt.analysis.fitting import FIT_FUNCTIONS, MappedSublayer, SublayerMap, fit_errors, fit_map, spectrum
+from pelt.analysis.fitting import (
+    FIT_FUNCTIONS,
+    IdentityMap,
+    MappedSublayer,
+    SublayerMap,
+    fit_errors,
+    fit_map,
+    spectrum,
+)
 from pelt.analysis.reference import ReferencePair, load_reference_pair
 from pelt.errors import PeltError
 from pelt.methods.base import replace_module
 from pelt.train import evaluate_model
 
-__all__ = ["analyze_attention_norms", "analyze_fitting", "model_with_fitted_maps"]
+__all__ = ["Captures", "analyze_attention_norms", "analyze_fitting", "fit_layer_maps", "model_with_fitted_maps"]
 
 
 def _eval_split(data: DatasetDict) -> str:
@@ -100,6 +109,45 @@ def model_with_fitted_maps(pair: ReferencePair, maps: list[SublayerMap], *, fine
     return model.eval()
 
 
+@dataclass
+class Captures:
+    """The sublayer outputs of the fit and held-out batches through the base (x) and the fine-tuned (y) model."""
+
+    fit_batches: list[dict[str, torch.Tensor]]
+    heldout_batches: list[dict[str, torch.Tensor]]
+    x_fit: list[torch.Tensor]
+    y_fit: list[torch.Tensor]
+    x_held: list[torch.Tensor]
+    y_held: list[torch.Tensor]
+
+    @classmethod
+    def of(cls, pair: ReferencePair, fit_batches: list[dict[str, torch.Tensor]],
+           heldout_batches: list[dict[str, torch.Tensor]]) -> "Captures":
+        return cls(fit_batches, heldout_batches,
+                   capture_sublayer_outputs(pair.base, fit_batches), capture_sublayer_outputs(pair.finetuned, fit_batches),
+                   capture_sublayer_outputs(pair.base, heldout_batches),
+                   capture_sublayer_outputs(pair.finetuned, heldout_batches))
+
+
+def fit_layer_maps(pair: ReferencePair, function: str, captures: Captures, *, sequential: bool = False,
+                   **options: float) -> tuple[list[SublayerMap], list[dict[str, Any]]]:
+    """One fitted map per layer and its held-out errors. Independent: layer i maps the base output to the
+    fine-tuned one on the same input. Sequential: layer i is fitted on its output in the base model whose lower
+    layers already carry their fitted maps (the inputs the map will meet when the maps replace fine-tuning)."""
+    layers = len(captures.x_fit)
+    maps: list[SublayerMap] = []
+    errors = []
+    for i in range(layers):
+        x_fit, x_held = captures.x_fit[i], captures.x_held[i]
+        if sequential and i > 0:
+            below = model_with_fitted_maps(pair, maps + [IdentityMap() for _ in range(layers - i)])
+            x_fit = capture_sublayer_outputs(below, captures.fit_batches)[i]
+            x_held = capture_sublayer_outputs(below, captures.heldout_batches)[i]
+        maps.append(fit_map(function, x_fit, captures.y_fit[i], **options))
+        errors.append(fit_errors(maps[i], x_held, captures.y_held[i]))
+    return maps, errors
+
+
 def analyze_fitting(
     finetuned: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -112,9 +160,12 @@ def analyze_fitting(
     batch_size: int = 32,
     seed: int = 0,
     mlp_steps: int = 400,
+    sequential: bool = False,
 ) -> dict[str, Any]:
     """Fit each function class per layer on training examples' outputs, measure it on held-out ones, and score
-    the task with the fitted maps in place of fine-tuning (fitting.md / .json / .png in `output_dir`)."""
+    the task with the fitted maps in place of fine-tuning (fitting.md / .json / .png in `output_dir`; with
+    `sequential`, fitting_sequential.*). Independent fits compare the layers as the paper's Fig. 2 does; sequential
+    ones fit each map on the inputs it meets once the maps replace fine-tuning (see `fit_layer_maps`)."""
     functions = list(functions or FIT_FUNCTIONS)
     unknown = [f for f in functions if f not in FIT_FUNCTIONS]
     if unknown:
@@ -125,21 +176,16 @@ def analyze_fitting(
     fit_rows = pair.encode(data["train"].shuffle(seed=seed), fit_examples)
     held_rows = pair.encode(data[split], heldout_examples)
 
-    def capture(encoded: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        return (capture_sublayer_outputs(pair.base, encoder_batches(encoded, pair.tokenizer, batch_size)),
-                capture_sublayer_outputs(pair.finetuned, encoder_batches(encoded, pair.tokenizer, batch_size)))
-
-    x_fit, y_fit = capture(fit_rows)
-    x_held, y_held = capture(held_rows)
-    layers = range(len(x_fit))
+    captures = Captures.of(pair, list(encoder_batches(fit_rows, pair.tokenizer, batch_size)),
+                           list(encoder_batches(held_rows, pair.tokenizer, batch_size)))
     maps: dict[str, list[SublayerMap]] = {}
     per_layer: list[dict[str, Any]] = []
     for function in functions:
         options = {"steps": mlp_steps, "seed": seed} if function == "mlp" else {}
-        maps[function] = [fit_map(function, x_fit[i], y_fit[i], **options) for i in layers]
-        for i in layers:
-            per_layer.append({"function": function, "layer": i, "parameters": maps[function][i].num_parameters,
-                              **fit_errors(maps[function][i], x_held[i], y_held[i])})
+        maps[function], errors = fit_layer_maps(pair, function, captures, sequential=sequential, **options)
+        per_layer += [{"function": function, "layer": i, "parameters": fitted.num_parameters, **error}
+                      for i, (fitted, error) in enumerate(zip(maps[function], errors))]
+    x_fit, x_held, y_held = captures.x_fit, captures.x_held, captures.y_held
     tuned_outputs = [{"mean_value": float(y.double().mean()), **spectrum(y)} for y in y_held]
 
     evaluation = DatasetDict({name: split_data for name, split_data in data.items() if name != "train"})
@@ -153,24 +199,30 @@ def analyze_fitting(
                            "metrics": evaluate_model(mapped, pair.formulation, evaluation)})
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    name = "fitting_sequential" if sequential else "fitting"
     result = {"task": pair.spec.name, "finetuned": _relative(finetuned, folder), "main_metric": pair.spec.main_metric,
+              "fits": "sequential" if sequential else "independent",
               "fit_examples": len(fit_rows), "fit_tokens": int(x_fit[0].shape[0]), "heldout_split": split,
               "heldout_examples": len(held_rows), "heldout_tokens": int(x_held[0].shape[0]),
               "finetuned_outputs": tuned_outputs, "per_layer": per_layer, "scores": scores}
-    _write_json(folder / "fitting.json", result)
-    _plot_fitting(result, functions, folder / "fitting.png")
-    (folder / "fitting.md").write_text(_fitting_markdown(result, functions))
+    _write_json(folder / f"{name}.json", result)
+    _plot_fitting(result, functions, folder / f"{name}.png")
+    (folder / f"{name}.md").write_text(_fitting_markdown(result, functions, name))
     return result
 
 
-def _fitting_markdown(result: dict[str, Any], functions: list[str]) -> str:
+def _fitting_markdown(result: dict[str, Any], functions: list[str], name: str) -> str:
     main = result["main_metric"]
     layers = sorted({r["layer"] for r in result["per_layer"]})
     cell = {(r["function"], r["layer"]): r for r in result["per_layer"]}
     lines = [f"# {result['task']}: fitting the self-attention outputs after fine-tuning from the ones before", "",
              f"Fitted on {result['fit_tokens']:,} tokens of {result['fit_examples']} training examples, measured on "
              f"{result['heldout_tokens']:,} tokens of {result['heldout_examples']} {result['heldout_split']} examples. "
-             "Unexplained change = ‖Y − f(X)‖² / ‖Y − X‖² (identity = 1, perfect = 0).", "",
+             "Unexplained change = ‖Y − f(X)‖² / ‖Y − X‖² (identity = 1, perfect = 0). " +
+             ("Sequential fits: layer i is fitted on what it puts out once the layers below carry their fitted maps."
+              if result["fits"] == "sequential" else
+              "Independent fits: each layer maps the base model's output to the fine-tuned one on the same input."),
+             "",
              "## Unexplained change per layer (held out)", "",
              "| function | parameters per layer | " + " | ".join(f"layer {i}" for i in layers) + " |",
              "|---|---|" + "---|" * len(layers)]
@@ -198,7 +250,7 @@ def _fitting_markdown(result: dict[str, Any], functions: list[str]) -> str:
     for score in result["scores"]:
         lines.append(f"| {score['model']} | {score['layernorms']} | " +
                      " | ".join(f"{100 * score['metrics'][s][main]:.1f}" for s in splits) + " |")
-    lines += ["", "![fitting](fitting.png)", ""]
+    lines += ["", f"![fitting]({name}.png)", ""]
     return "\n".join(lines)
 
 
