@@ -289,6 +289,7 @@ def _plot_lines(curves: dict[str, dict[int, float]], path: Path, *, xlabel: str,
     full = _reference_score(reference)
     if full is not None:
         ax.axhline(full, color="black", linestyle="--", label="full fine-tuning")
+    ax.set_xticks(sorted({x for points in curves.values() for x in points}))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -310,6 +311,7 @@ def _plot_modules(overall: dict[str, float], curves: dict[str, dict[int, float]]
     for name, points in curves.items():
         xs = sorted(points)
         right.plot(xs, [points[x] for x in xs], marker="o", label=name)
+    right.set_xticks(sorted({x for points in curves.values() for x in points}))
     right.set_xlabel("the one adapted layer")
     right.set_ylabel(ylabel)
     right.set_title("(b) trained on one layer", fontsize=10)
