@@ -175,6 +175,11 @@ def test_capture_leaves_the_model_unchanged(family):
     assert not model.training
 
 
+def test_capture_without_a_mask_takes_every_token():
+    batch = {"input_ids": torch.randint(5, len(VOCAB), (2, 6))}
+    assert [t.shape for t in analysis.capture_sublayer_outputs(tiny_model("bert"), [batch])] == [(12, HIDDEN)] * LAYERS
+
+
 def test_capture_of_an_empty_split_is_an_error():
     with pytest.raises(PeltError, match="empty"):
         analysis.capture_sublayer_outputs(tiny_model("bert"), [])

@@ -78,7 +78,7 @@ def capture_sublayer_outputs(model: nn.Module, batches: Iterable[dict[str, torch
     try:
         for batch in batches:
             inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS and k in accepted}
-            mask[:] = [inputs["attention_mask"].bool()]
+            mask[:] = [inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])).bool()]  # no mask: no padding
             entry(**inputs)
     finally:
         for handle in handles:
