@@ -78,7 +78,14 @@ def finetune(
     report = parameter_report(base)
     if on_start:
         on_start(report, train_config)
-    run_info = {
+    info = run_info(model, data_dir, split_protocol, split_seed, max_train_samples)
+    return train_model(base, formulation, data, train_config, run_info=info)
+
+
+def run_info(model: str | None, data_dir: str | os.PathLike | None, split_protocol: str, split_seed: int,
+             max_train_samples: int | None) -> dict[str, Any]:
+    """Where a run's model and data came from and what it ran on: recorded in its results and adapters."""
+    return {
         "model": resolve_model(model) if model is None else str(model),
         "model_label": "all-MiniLM-L6-v2 (bundled)" if model is None else str(model),
         "data_dir": str(data_dir) if data_dir else "hub",
@@ -88,7 +95,6 @@ def finetune(
         "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
         "torch_threads": torch.get_num_threads(),
     }
-    return train_model(base, formulation, data, train_config, run_info=run_info)
 
 
 def load_adapted(

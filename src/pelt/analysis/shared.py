@@ -47,9 +47,10 @@ from pelt.core import (
 )
 from pelt.errors import PeltError
 from pelt.methods import MethodConfig, get_method
-from pelt.pipeline import adapter_base_model, finetune, load_task_model
+from pelt.pipeline import adapter_base_model, finetune, load_task_model, run_info
 from pelt.tasks import TaskSpec, get_task, load_splits
 from pelt.train import TrainConfig, evaluate_model
+from pelt.train.trainer import adapter_metadata
 from pelt.train.formulations import Formulation, formulation_for
 
 __all__ = ["adapter_similarity", "analyze_shared", "train_shared_adapter", "write_similarity_report"]
@@ -256,6 +257,7 @@ def train_shared_adapter(
     selection = [next(s for s in d if s != "train") for d in data]
     learning_rate = config.learning_rate or get_method(method.method).default_learning_rate
     two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and get_method(method.method).two_stage)
+    info = run_info(model, data_dir, split_protocol, split_seed, None)
     history: list[dict[str, Any]] = []
     best = {"score": -math.inf}
     started = time.perf_counter()
@@ -308,11 +310,8 @@ def train_shared_adapter(
                 best.update(score=mean, epoch=epoch + 1)
                 for spec, m, f in zip(specs, models, formulations):
                     save_adapter(m, out / spec.name / "adapter",
-                                 metadata={"task": spec.name, "label_names": list(spec.label_names or []),
-                                           "max_length": config.max_length, **f.metadata(),
-                                           "model": model or "", "model_label": "all-MiniLM-L6-v2 (bundled)"
-                                           if model is None else str(model), "split_protocol": split_protocol,
-                                           "split_seed": split_seed, "shared_with": [s.name for s in specs]})
+                                 metadata={**adapter_metadata(f, config.max_length, info),
+                                           "shared_with": [s.name for s in specs]})
 
     if two_stage and config.head_epochs > 0:
         run_stage("head", config.head_epochs, config.head_learning_rate, method_on=False)

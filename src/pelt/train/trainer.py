@@ -165,6 +165,14 @@ def _encode_all(formulation: Formulation, data: DatasetDict, max_eval_samples: i
     return raw, encoded
 
 
+def adapter_metadata(formulation: Formulation, max_length: int, run_info: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """What a saved adapter records so `pelt eval` can put the task to it the same way (and where it came from)."""
+    task = formulation.task
+    return {"task": task.name, "label_names": list(task.label_names or []), "max_length": max_length,
+            **formulation.metadata(), **(run_info or {})}
+
+
 def train_model(
     model: nn.Module,
     formulation: Formulation,
@@ -192,8 +200,7 @@ def train_model(
     raw, encoded = _encode_all(formulation, data, config.max_eval_samples)
     selection = eval_splits[0]
     metric_key = f"eval_{task.main_metric}"
-    metadata = {"task": task.name, "label_names": list(task.label_names or []), "max_length": config.max_length,
-                **formulation.metadata(), **(run_info or {})}
+    metadata = adapter_metadata(formulation, config.max_length, run_info)
     callback = _CheckpointCallback(model, output_dir, metric_key, metadata)
     collator = formulation.collator(model)
     extra = formulation.arguments(encoded)
