@@ -8,7 +8,7 @@ Into benchmarks/results/analysis/<task>/ (the runs' adapters and logs go to runs
 - layers: `pelt analyze layers`, the adapter on the top / bottom k of the 6 layers (Fig. 4);
 - modules: `pelt analyze modules`, W, b, LN and their combinations on all layers for every task, and W, b, LN,
   W+b+LN on each layer alone for SST-2, whose 1,000 validation and 872 test sentences separate what RTE's
-  138 / 139 cannot (Fig. 5);
+  138 / 139 cannot (Fig. 5); those 24 per-layer runs train on a 2,000-sentence subsample to fit in CPU hours;
 - shared: one adapter for the three tasks against one per task, and their similarity, in analysis/shared/.
 
 Every part is resumable: rerun the same command after an interruption. The Hadamard runs use the learning rate
@@ -32,6 +32,7 @@ FULL_LR = "5e-5"
 TRAIN_ARGS = "--epochs 3 --batch-size 32 --warmup-ratio 0.06 --train-pooler --head-epochs 1 --head-lr 1e-2"
 PER_LAYER_TASK = "sst2"
 PER_LAYER_SETS = ["W", "b", "LN", "W+b+LN"]
+PER_LAYER_SAMPLES = 2000
 
 
 def pelt(*args: str) -> None:
@@ -69,9 +70,12 @@ def main() -> None:
             full = reference(task, args.data_dir, root)
             if "attention" in parts:
                 out = str(root / task)
-                pelt("analyze", "norms", "--finetuned", str(full / "adapter"), "--data-dir", args.data_dir,
-                     "--output-dir", out)
-                for chained in ([], ["--sequential"]):
+                if not (root / task / "attention_norms.json").is_file():
+                    pelt("analyze", "norms", "--finetuned", str(full / "adapter"), "--data-dir", args.data_dir,
+                         "--output-dir", out)
+                for chained, report in (([], "fitting.json"), (["--sequential"], "fitting_sequential.json")):
+                    if (root / task / report).is_file():
+                        continue
                     pelt("analyze", "fit", "--finetuned", str(full / "adapter"), "--data-dir", args.data_dir,
                          "--output-dir", out, *chained)
     for kind in ("layers", "modules"):
@@ -85,7 +89,7 @@ def main() -> None:
         if kind == "modules" and PER_LAYER_TASK in args.tasks:
             task = PER_LAYER_TASK  # the same grid folder as its other runs (shared runs train once), report apart
             pelt("analyze", "modules", "--task", task, "--output-dir", str(root / task), "--module-sets",
-                 *PER_LAYER_SETS, "--per-layer", "all", "--max-train-samples", str(SUBSAMPLE[task]), *grid,
+                 *PER_LAYER_SETS, "--per-layer", "all", "--max-train-samples", str(PER_LAYER_SAMPLES), *grid,
                  "--reference", str(reference(task, args.data_dir, root)),
                  "--report-dir", str(root / task / "per_layer"))
     if "shared" in parts:
