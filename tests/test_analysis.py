@@ -508,8 +508,17 @@ def test_ablation_reports_from_a_results_file(tmp_path):
     # runs: top 1, bottom 1, top 2, bottom 2, all layers -> validation 60..64, test 50..54
     assert "| 1 | 60.0 / 50.0 | 61.0 / 51.0 | 0.0100 |" in text
     assert "| 3 | 64.0 / 54.0 | 64.0 / 54.0 | 0.0300 |" in text
-    assert "full fine-tuning: 70.0 / 66.0" in text and "head alone (stage (a) of the recipe): 55.0" in text
+    assert "full fine-tuning: 70.0 / 66.0 (validation / test)\n" in text
+    assert "head alone (stage (a) of the recipe): 55.0" in text
     assert png(tmp_path / "out" / "layers.png")
+    # Runs on a smaller subsample than the reference: the report says so rather than compare them silently.
+    for r in records:
+        r["train_samples"] = 2000
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = analysis.write_layer_report(runs, tmp_path, tmp_path / "out",
+                                       reference={**reference, "train_samples": 8000}).read_text()
+    assert "full fine-tuning: 70.0 / 66.0 (validation / test), trained on 8,000 examples" in text
+    assert "the adapter runs train on 2,000 examples" in text
 
     modules = analysis.module_ablation("rte", 3, module_sets=[("W",), ("b", "LN")], per_layer=[2])
     records = [fake_record(r, 0.6, 0.5 + 0.1 * i) for i, r in enumerate(modules[:3])]  # the last run never ran

@@ -159,10 +159,16 @@ def _head_only(records: list[dict[str, Any]]) -> float | None:
 
 def _reference_lines(reference: dict[str, Any] | None, records: list[dict[str, Any]]) -> list[str]:
     lines = []
+    sizes = sorted({r["train_samples"] for r in records if r.get("train_samples")})
     if reference:
         main = reference["main_metric"]
         scores = " / ".join(f"{100 * reference['metrics'][s][main]:.1f}" for s in reference["metrics"])
-        lines.append(f"- full fine-tuning: {scores} ({' / '.join(reference['metrics'])})")
+        trained_on = reference.get("train_samples")
+        # A reference trained on other data than the runs is still a useful line, but not a like-for-like one.
+        apart = f", trained on {trained_on:,} examples" if trained_on and sizes and sizes != [trained_on] else ""
+        lines.append(f"- full fine-tuning: {scores} ({' / '.join(reference['metrics'])}){apart}")
+    if sizes:
+        lines.append(f"- the adapter runs train on {' / '.join(f'{n:,}' for n in sizes)} examples")
     head = _head_only(records)
     if head is not None:
         lines.append(f"- the task head alone (stage (a) of the recipe): {100 * head:.1f} on validation")

@@ -164,7 +164,8 @@ def write_similarity_report(similarity: dict[str, Any], folder: str | os.PathLik
         image = ax.imshow(grid, vmin=-1, vmax=1, cmap="coolwarm", aspect="auto")
         ax.set_xticks(range(len(pairs)), pairs, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(layers)), [str(i) for i in layers])
-        ax.set_ylabel("layer")
+        if ax is axes[0][0]:
+            ax.set_ylabel("layer")
         ax.set_title(kind, fontsize=10)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="cosine of the moves")
     fig.suptitle("how alike the tasks' adapters moved")
