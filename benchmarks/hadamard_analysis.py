@@ -12,9 +12,9 @@ Into benchmarks/results/analysis/<task>/ (the runs' adapters and logs go to runs
 - shared: one adapter for the three tasks against one per task, and their similarity, in analysis/shared/.
 
 Every part is resumable: rerun the same command after an interruption (a finished norms or fit report is kept;
-delete it to recompute). The Hadamard runs use the learning rate
-that did best on MiniLM in benchmarks/results/minilm_glue.md (1e-2) and the grid's settings: 3 epochs after one
-head epoch, batch 32, 6% warm-up, the compacter split protocol (validation picks the epoch, test reports it).
+delete it to recompute). The Hadamard runs use the learning rate that did best on MiniLM in
+benchmarks/results/minilm_glue.md (1e-2) and the grid's settings: 3 epochs after one head epoch, batch 32, 6%
+warm-up, the compacter split protocol (validation picks the epoch, test reports it).
 """
 
 from __future__ import annotations
