@@ -45,6 +45,10 @@ def png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # the IHDR chunk's width
+
+
 # ---- fitting functions ----------------------------------------------------------------------------------------
 
 
@@ -527,6 +531,11 @@ def test_ablation_reports_from_a_results_file(tmp_path):
     assert "| trained | all layers | layer 2 |" in text
     assert "| W | 60.0 / 50.0 | 60.0 / 70.0 |" in text and "| b + LN | 60.0 / 60.0 | – |" in text
     assert png(tmp_path / "out" / "modules.png")
+    two_panels = png_width(tmp_path / "out" / "modules.png")
+    # Without per-layer runs the figure has the all-layer panel only, not an empty second one.
+    overall_only = analysis.module_ablation("rte", 3, module_sets=[("W",), ("b", "LN")], per_layer=[])
+    analysis.write_module_report(overall_only, tmp_path, tmp_path / "overall")
+    assert png_width(tmp_path / "overall" / "modules.png") == two_panels // 2
 
 
 def test_ablation_report_without_runs_is_an_error(tmp_path):

@@ -308,28 +308,30 @@ def _plot_lines(curves: dict[str, dict[int, float]], path: Path, *, xlabel: str,
 def _plot_modules(overall: dict[str, float], curves: dict[str, dict[int, float]], path: Path, *, ylabel: str,
                   reference: dict[str, Any] | None, title: str) -> None:
     plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    names = list(overall)
-    left.bar(range(len(names)), [overall[n] for n in names], color="tab:blue")
-    left.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-    left.set_ylabel(ylabel)
-    left.set_title("(a) trained on every layer", fontsize=10)
-    for name, points in curves.items():
-        xs = sorted(points)
-        right.plot(xs, [points[x] for x in xs], marker="o", label=name)
-    right.set_xticks(sorted({x for points in curves.values() for x in points}))
-    right.set_xlabel("the one adapted layer")
-    right.set_ylabel(ylabel)
-    right.set_title("(b) trained on one layer", fontsize=10)
+    # A panel only for what was run: an all-layer ablation alone draws no empty per-layer panel, and vice versa.
+    panels = [p for p, data in (("overall", overall), ("per layer", curves)) if data]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     full = _reference_score(reference)
-    for ax in (left, right):
+    values = [*overall.values(), *(v for p in curves.values() for v in p.values())] + ([full] if full else [])
+    for ax, panel in zip(axes[0], panels):
+        if panel == "overall":
+            names = list(overall)
+            ax.bar(range(len(names)), [overall[n] for n in names], color="tab:blue")
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            ax.set_title("(a) trained on every layer", fontsize=10)
+        else:
+            for name, points in curves.items():
+                xs = sorted(points)
+                ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
+            ax.set_xticks(sorted({x for points in curves.values() for x in points}))
+            ax.set_xlabel("the one adapted layer")
+            ax.set_title("(b) trained on one layer", fontsize=10)
+        ax.set_ylabel(ylabel)
         if full is not None:
             ax.axhline(full, color="black", linestyle="--", label="full fine-tuning")
-        values = [*overall.values(), *(v for p in curves.values() for v in p.values())] + ([full] if full else [])
-        if values:
-            ax.set_ylim(min(values) - 5, max(values) + 3)
-    if curves:
-        right.legend(fontsize=7)
+        ax.set_ylim(min(values) - 5, max(values) + 3)
+        if panel == "per layer":
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
