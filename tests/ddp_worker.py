@@ -28,6 +28,10 @@ def main(model_dir: str, data_dir: str, out: str) -> None:
     seen = {"rank": rank, "world_size": dist.get_world_size(), "backend": dist.get_backend(),
             "optimizer_steps": results["optimizer_steps"], "metrics": results["metrics"]}
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(seen))
+    # Tear the gloo group down before the interpreter does: left to exit, a rank can abort
+    # ("terminate called without an active exception") after its work is done.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
