@@ -4,6 +4,7 @@ reports and figures."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -74,15 +75,18 @@ def _fake_results(spec_lr: float) -> dict:
 class FakeTrain:
     """Stands in for `pelt train`: writes results.json, fails on demand, can be 'killed' at a given call."""
 
-    def __init__(self, fail_lr: float | None = None, kill_at: int | None = None) -> None:
+    def __init__(self, fail_lr: float | None = None, kill_at: int | None = None,
+                 ends: dict[int, tuple[int, str]] | None = None) -> None:
         self.calls: list[str] = []
-        self.fail_lr, self.kill_at = fail_lr, kill_at
+        self.fail_lr, self.kill_at, self.ends = fail_lr, kill_at, ends or {}
 
     def __call__(self, cmd: list[str], output_dir: Path) -> tuple[int, str]:
         lr = float(cmd[cmd.index("--lr") + 1])
         self.calls.append(f"{cmd[cmd.index('--task') + 1]}/{lr:g}")
         if self.kill_at is not None and len(self.calls) == self.kill_at:
             raise KeyboardInterrupt
+        if len(self.calls) in self.ends:  # the child process ended this way (exit code, stderr)
+            return self.ends[len(self.calls)]
         if lr == self.fail_lr:
             return 2, "some warning\npelt: error: n=3 does not divide the hidden size (32)\n"
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +127,58 @@ def test_a_killed_grid_restarts_with_only_what_is_missing(tmp_path: Path) -> Non
     records = run_grid(specs, tmp_path, GridSettings(), runner=resumed, log=lambda _: None)
     assert resumed.calls == ["rte/0.01", "rte/0.1"]
     assert len(records) == 4
+
+
+PROGRESS = " 37%|███▋      | 70/189 [01:02<01:45,  1.13it/s]"
+
+
+@pytest.mark.parametrize("code", [130, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM])
+def test_a_run_stopped_from_outside_leaves_no_record_and_stops_the_grid(tmp_path: Path, code: int) -> None:
+    """Ctrl-C or SIGTERM reaching the `pelt train` child is an interruption, not a failure to skip on restart."""
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-4", "1e-3", "1e-2"], [42], [None])
+    logged: list[str] = []
+    stopped = FakeTrain(ends={2: (code, "epoch 1\n" + PROGRESS)})
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(specs, tmp_path, GridSettings(), runner=stopped, log=logged.append)
+    assert stopped.calls == ["rte/0.0001", "rte/0.001"]  # the third run never started
+    assert [r["key"] for r in read_records(tmp_path / "results.jsonl")] == ["rte/hadamard/lr0.0001/seed42/nall"]
+    assert "not recorded; rerun the same command to resume" in logged[-1]
+    resumed = FakeTrain()
+    run_grid(specs, tmp_path, GridSettings(), runner=resumed, log=lambda _: None)
+    assert resumed.calls == ["rte/0.001", "rte/0.01"]
+
+
+def test_a_run_killed_by_sigkill_is_a_recorded_failure_named_by_its_signal(tmp_path: Path) -> None:
+    """The out-of-memory killer's SIGKILL is a failure (retrying it forever would not help); the reason is the
+    signal, not the progress bar the run last printed."""
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-4", "1e-3"], [42], [None])
+    records = run_grid(specs, tmp_path, GridSettings(), runner=FakeTrain(ends={1: (-signal.SIGKILL, PROGRESS)}),
+                       log=lambda _: None)
+    assert [r["status"] for r in records] == ["failed", "ok"]
+    assert records[0]["error"] == "killed by SIGKILL (out of memory?)" and records[0]["exit_code"] == -9
+
+
+@pytest.mark.parametrize("stderr, code, expected", [
+    ("Traceback (most recent call last):\n  x\nRuntimeError: boom\n" + PROGRESS, 1, "RuntimeError: boom"),
+    ("loading\n" + PROGRESS + "\r" + PROGRESS, 1, "loading"),
+    (PROGRESS, 1, "exit code 1"),
+    ("", -signal.SIGSEGV, "killed by SIGSEGV"),
+    ("pelt: error: bad\n", -signal.SIGKILL, "pelt: error: bad"),
+])
+def test_the_error_line_skips_progress_bars(stderr: str, code: int, expected: str) -> None:
+    from pelt.harness.sweep import _error_line
+
+    assert _error_line(stderr, code) == expected
+
+
+def test_a_child_killed_by_a_signal_reports_the_negative_code(tmp_path: Path) -> None:
+    import sys
+
+    from pelt.harness.sweep import INTERRUPTED_CODES, _run_process
+
+    terminate_self = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    code, _ = _run_process([sys.executable, "-c", terminate_self], tmp_path / "run")
+    assert code == -signal.SIGTERM and code in INTERRUPTED_CODES
 
 
 def test_run_command_carries_the_spec(tmp_path: Path) -> None:

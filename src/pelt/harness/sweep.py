@@ -2,13 +2,16 @@
 
 One process per run keeps each run's memory figure clean and a crash contained. Runs with a record are skipped,
 so a killed grid restarts where it stopped; a failed run is recorded with its error and the grid goes on
-(`retry_failed` runs it again).
+(`retry_failed` runs it again). A run stopped from outside (Ctrl-C, SIGTERM, a closed terminal) is not a failure:
+it leaves no record and stops the grid, so the restart runs it again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +26,12 @@ __all__ = ["RESULTS_NAME", "run_grid"]
 
 RESULTS_NAME = "results.jsonl"
 RUNS_DIR = "runs"
+# How a `pelt train` stopped from outside ends: its own exit code on Ctrl-C (130), a signal's negative code when
+# it had no time to clean up, or 128 + the signal through a shell. SIGKILL is not here: the kernel's out-of-memory
+# killer sends it, and a run that does not fit in memory is a failure to record, not one to retry forever.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+INTERRUPTED_CODES = frozenset({130} | {-s for s in _STOP_SIGNALS} | {128 + s for s in _STOP_SIGNALS})
+_PROGRESS_BAR = re.compile(r"\d+%\||\[\d+:\d+<|\d(it/s|s/it)\]")
 
 
 def _command(spec: RunSpec, settings: GridSettings, output_dir: Path) -> list[str]:
@@ -71,9 +80,21 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error_line(stderr: str, code: int) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    """The line that says why a run failed: pelt's own error, else an exception, else the signal, else the last words.
+
+    Progress bars are not reasons (a run killed mid-epoch leaves one as its last line of stderr).
+    """
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not _PROGRESS_BAR.search(line)]
     errors = [line for line in lines if line.startswith("pelt: error:") or "Error" in line.split(":")[0]]
-    return (errors or lines or [f"exit code {code}"])[-1][:500]
+    if errors:
+        return errors[-1][:500]
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return (lines or [f"exit code {code}"])[-1][:500]
 
 
 def run_grid(
@@ -99,6 +120,9 @@ def run_grid(
         log(f"[{number}/{len(todo)}] {spec.key}")
         started = time.time()
         code, stderr = run(cmd, output_dir)
+        if code in INTERRUPTED_CODES:
+            log(f"  interrupted (exit code {code}): not recorded; rerun the same command to resume")
+            raise KeyboardInterrupt
         record: dict[str, Any] = {"key": spec.key, **spec.to_dict(), "seconds": round(time.time() - started, 1),
                                   "settings": {"model": settings.model or "bundled all-MiniLM-L6-v2",
                                                "split_protocol": settings.split_protocol,
