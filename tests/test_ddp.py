@@ -46,3 +46,23 @@ def test_two_process_ddp_ends_with_identical_adapters(tmp_path: Path, tiny_model
     assert scales and not all(torch.equal(t, torch.ones_like(t)) for t in scales), "the adapter did not train"
     assert saved.keys() == weights[0].keys()
     assert (out / "results.json").exists()
+
+
+RELEASE_CHECK = """
+import sys, torch.distributed as dist
+from pelt.cli import main
+for argv, code in ((["methods"], 0), (["train", "--task", "no-such-task", "--output-dir", sys.argv[2]], 2)):
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[1], rank=0, world_size=1)
+    assert main(argv) == code, argv
+    print(argv[0], dist.is_initialized())
+"""
+
+
+def test_the_cli_tears_down_the_process_group_it_ran_in(tmp_path: Path) -> None:
+    """Under torchrun the CLI leaves no process group for the interpreter's exit to abort on, whether the command
+    succeeded or failed on bad input."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", RELEASE_CHECK, str(_free_port()), str(tmp_path / "out")], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[-3:] == ["methods False", "train False", ""]

@@ -542,11 +542,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
          "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args)
     except PeltError as e:
+        _release_process_group(finished=False)
         print(f"pelt: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        _release_process_group(finished=False)
         return EXIT_INTERRUPTED
+    _release_process_group(finished=True)
     return 0
+
+
+def _release_process_group(finished: bool) -> None:
+    """Tear down the process group torchrun / accelerate set up, if any.
+
+    Left to the interpreter's exit, a gloo rank can abort ("terminate called without an active exception") after
+    its work is done. Ranks that finished wait for each other first; after an error no rank waits, as another one
+    may never arrive.
+    """
+    if "torch" not in sys.modules:  # nothing distributed can have started
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
