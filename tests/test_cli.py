@@ -369,6 +369,27 @@ def test_train_pooler_is_saved_and_reloaded(capsys, tiny_model_dir, tiny_glue, t
         results["metrics"]["validation"]["accuracy"], abs=1e-6)
 
 
+def test_pooling_replaces_the_pooler_and_survives_reload(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    out_dir = tmp_path / "out"
+    rc, out, err = run(capsys, *train_args(tiny_model_dir, tiny_glue, out_dir, "--head-epochs", 0, "--pooling", "mean"))
+    assert rc == 0, err
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["parameters"]["head"] == TINY_HEAD  # the classifier alone
+    assert results["parameters"]["base_params"] == TINY_BASE_PARAMS  # percentages stay against the whole model
+    config = pelt.read_adapter_config(out_dir / "adapter")
+    assert config["pooling"] == "mean" and config["trainable_parameters"] == TINY_METHOD_TOTAL + TINY_HEAD
+    rc, out, err = run(capsys, "eval", "--adapter", out_dir / "adapter", "--data-dir", tiny_glue, "--json")
+    assert rc == 0, err
+    assert json_document(out)["validation"]["accuracy"] == pytest.approx(
+        results["metrics"]["validation"]["accuracy"], abs=1e-6)
+
+
+def test_pooling_with_train_pooler_is_bad_input(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    argv = train_args(tiny_model_dir, tiny_glue, tmp_path / "out", "--pooling", "cls", "--train-pooler")
+    assert_bad_input(capsys, argv, "pick one")
+    assert not (tmp_path / "out" / "adapter").exists()
+
+
 @pytest.mark.parametrize("case", ["train-top-k", "eval-other-model", "prompt-longer-than-positions"])
 def test_error_after_loading_is_one_line(capsys, tiny_model_dir, other_model_dir, tiny_glue, tmp_path, case):
     if case == "train-top-k":

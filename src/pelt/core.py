@@ -39,6 +39,7 @@ class PeltState:
     base_param_count: int
     train_pooler: bool = False
     merged: bool = False
+    pooling: str | None = None  # "cls" or "mean" when BERT's pooler was replaced (see TokenPooling)
 
     @property
     def trainable(self) -> list[str]:
@@ -66,32 +67,97 @@ def head_parameter_names(model: nn.Module, *, train_pooler: bool = False) -> lis
     return [f"{m}.{n}" for m in modules for n, _ in model.get_submodule(m).named_parameters()]
 
 
+POOLINGS = ("cls", "mean")
+
+
+class TokenPooling(nn.Module):
+    """Stands in for BERT's pooler: the [CLS] state, or the mean of the real tokens' states, straight to the
+    classifier.
+
+    Nothing here is trained, so a task stores only its classifier. Sentence-embedding checkpoints were tuned
+    through mean pooling and ship an untrained pooler, which would otherwise have to be trained (and stored) per
+    task. The attention mask reaches `mean` through a hook on the backbone, after any hook that widens it (prompt
+    tuning's).
+    """
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.attention_mask: torch.Tensor | None = None
+
+    def remember_mask(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        self.attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.mode == "cls":
+            return hidden_states[:, 0]
+        mask, self.attention_mask = self.attention_mask, None
+        if mask is None:
+            return hidden_states.mean(dim=1)
+        if mask.shape != hidden_states.shape[:2]:  # a method changed the sequence without widening the mask
+            raise RuntimeError(f"mean pooling: mask {tuple(mask.shape)} does not cover states "
+                               f"{tuple(hidden_states.shape[:2])}")
+        weights = mask.to(hidden_states.dtype).unsqueeze(-1)
+        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+def _replace_pooler(model: nn.Module, pooling: str) -> tuple[nn.Module, str, nn.Module, TokenPooling]:
+    """Swap BERT's pooler for a TokenPooling; return (its parent, the attribute, the old pooler, the new one)."""
+    parent_path, _, name = pooler_path(model).rpartition(".")  # type: ignore[union-attr]  # checked by the caller
+    parent = model.get_submodule(parent_path)
+    old, new = getattr(parent, name), TokenPooling(pooling)
+    setattr(parent, name, new)
+    return parent, name, old, new
+
+
 def apply_method(
-    model: nn.Module, config: MethodConfig, *, train_head: bool = True, train_pooler: bool = False
+    model: nn.Module,
+    config: MethodConfig,
+    *,
+    train_head: bool = True,
+    train_pooler: bool = False,
+    pooling: str | None = None,
 ) -> nn.Module:
     """Inject a method into a transformers model and freeze everything it does not train.
 
     The task head (a classifier outside the backbone) is trained too unless `train_head=False`. With
     `train_pooler`, BERT's pooler counts as part of the head: RoBERTa/ELECTRA/DeBERTa heads train the same
     dense layer from scratch, and checkpoints tuned without it (sentence-embedding models) leave it untrained.
+    `pooling` ("cls" or "mean") instead replaces BERT's pooler by a parameter-free one (see TokenPooling).
     """
     if getattr(model, "pelt_state", None) is not None:
         raise PeltError("a pelt method is already applied to this model; start again from a fresh base model")
+    if pooling is not None and train_pooler:
+        raise PeltError(f"train_pooler trains BERT's pooler and pooling={pooling} removes it; pick one")
+    if pooling is not None and pooling not in POOLINGS:
+        raise PeltError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if pooling is not None and pooler_path(model) is None:
+        raise PeltError(f"pooling={pooling}: this {type(model).__name__} has no pretrained pooler to replace "
+                        "(its head reads the first token already); leave the option off")
     arch = get_arch(model)
     method = get_method(config.method)
     base_count = count_parameters(base_model(model))
     head = head_parameter_names(model, train_pooler=train_pooler) if train_head else []
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    # the pooler goes before the method sees the model, so no method trains or projects its weights
+    replaced = _replace_pooler(model, pooling) if pooling is not None else None
     for p in model.parameters():
         p.requires_grad_(False)
     try:
         injection = method.inject(model, config, arch)
     except Exception:  # methods check sizes before replacing modules: give the model back as it came
+        if replaced is not None:
+            setattr(replaced[0], replaced[1], replaced[2])
         for name, p in model.named_parameters():
             if name in flags:
                 p.requires_grad_(flags[name])
         raise
-    state = PeltState(config, injection.added, injection.unfrozen, head, base_count, train_pooler)
+    if replaced is not None:  # hooked after the method's hooks, so mean pooling sees a prompt's widened mask
+        replaced[0].register_forward_pre_hook(replaced[3].remember_mask, with_kwargs=True)
+    state = PeltState(config, injection.added, injection.unfrozen, head, base_count, train_pooler, pooling=pooling)
     names = dict(model.named_parameters())
     missing = [n for n in state.trainable if n not in names]
     if missing:  # a method bug, not bad input
@@ -250,6 +316,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, *, metadata: dict[st
         "method_config": state.config.to_dict(),
         "base_model": model_signature(model),
         "train_pooler": state.train_pooler,
+        "pooling": state.pooling,
         "trainable_parameters": sum(t.numel() for t in tensors.values()),
         **(metadata or {}),
     }
@@ -299,7 +366,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise PeltError(f"cannot read {weights_file}: {e}; the adapter file is damaged") from None
     apply_method(model, method_config, train_head=bool(head_module_names(model)),
-                 train_pooler=bool(config.get("train_pooler", False)))
+                 train_pooler=bool(config.get("train_pooler", False)), pooling=config.get("pooling"))
     _load_trained(model, tensors, source=str(weights_file))
     return model
 

@@ -54,6 +54,7 @@ def finetune(
     data_dir: str | os.PathLike | None = None,
     max_train_samples: int | None = None,
     train_pooler: bool = False,
+    pooling: str | None = None,
     split_protocol: SplitProtocol = "standard",
     split_seed: int = 42,
     on_start: Any = None,
@@ -71,7 +72,7 @@ def finetune(
                        max_train_samples=max_train_samples, seed=train_config.seed)
     set_seed(train_config.seed)
     base, tokenizer = load_task_model(spec, model)
-    apply_method(base, method, train_pooler=train_pooler)
+    apply_method(base, method, train_pooler=train_pooler, pooling=pooling)
     get_method(method.method).check_input_length(base, train_config.max_length)
     formulation = formulation_for(spec, base.config, tokenizer, train_config.max_length,
                                   target_style=train_config.target_style, task_prefix=train_config.task_prefix)

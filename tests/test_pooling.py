@@ -1,0 +1,100 @@
+"""`pooling`: BERT's pooler replaced by the [CLS] state or the masked mean of the tokens' states, nothing trained."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_OPTIONS, model_output, tiny_inputs, tiny_model
+
+import pelt
+from pelt.core import TokenPooling
+from pelt.errors import PeltError
+
+
+def _by_hand(model: torch.nn.Module, inputs: dict[str, torch.Tensor], pooling: str) -> torch.Tensor:
+    """The classifier on the pooled last hidden states of the unchanged base model (eval mode: no dropout)."""
+    with torch.no_grad():
+        states = model.bert(**inputs).last_hidden_state
+        if pooling == "cls":
+            pooled = states[:, 0]
+        else:
+            mask = inputs["attention_mask"].unsqueeze(-1).float()
+            pooled = (states * mask).sum(1) / mask.sum(1)
+        return model.classifier(pooled)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_pooling_feeds_the_classifier_what_it_names(pooling: str) -> None:
+    inputs = tiny_inputs("bert")
+    expected = _by_hand(tiny_model("bert"), inputs, pooling)
+    adapted = pelt.apply_method(tiny_model("bert"), pelt.HadamardConfig(), pooling=pooling)  # identity at init
+    assert isinstance(adapted.bert.pooler, TokenPooling)
+    torch.testing.assert_close(model_output(adapted, inputs), expected, rtol=0, atol=1e-6)
+    # and it differs from BERT's pooler, so the comparison above could fail
+    assert not torch.allclose(model_output(tiny_model("bert"), inputs), expected, atol=1e-3)
+
+
+def test_mean_pooling_ignores_padding() -> None:
+    model = pelt.apply_method(tiny_model("bert"), pelt.HadamardConfig(), pooling="mean")
+    inputs = tiny_inputs("bert", batch=1, length=5)
+    padded = {"input_ids": torch.cat([inputs["input_ids"], torch.full((1, 3), 7)], 1),
+              "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros(1, 3, dtype=torch.long)], 1)}
+    torch.testing.assert_close(model_output(model, padded), model_output(model, inputs), rtol=0, atol=1e-5)
+
+
+def test_mean_pooling_covers_the_prompt_tuning_widened_mask() -> None:
+    """Prompt tuning adds tokens in front and widens the mask; the mean runs over those tokens too, never the pad."""
+    model = pelt.apply_method(tiny_model("bert"), pelt.PromptTuningConfig(num_tokens=4), pooling="mean")
+    inputs = tiny_inputs("bert", batch=1, length=5)
+    padded = {"input_ids": torch.cat([inputs["input_ids"], torch.full((1, 3), 7)], 1),
+              "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros(1, 3, dtype=torch.long)], 1)}
+    torch.testing.assert_close(model_output(model, padded), model_output(model, inputs), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["full", "bitfit", "intrinsic-said", "hadamard"])
+def test_no_method_trains_a_replaced_pooler_and_only_the_classifier_is_head(method: str) -> None:
+    config = pelt.make_config(method, **TINY_OPTIONS.get(method, {}))
+    model = pelt.apply_method(tiny_model("bert"), config, pooling="cls")
+    state = model.pelt_state
+    assert sorted(state.head) == ["classifier.bias", "classifier.weight"]
+    assert not any("pooler" in name for name, _ in model.named_parameters())
+    model.train()
+    model(**tiny_inputs("bert")).logits.sum().backward()
+    with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == set(state.trainable)
+
+
+def test_save_and_load_keep_the_pooling(tmp_path) -> None:
+    inputs = tiny_inputs("bert")
+    model = pelt.apply_method(tiny_model("bert"), pelt.HadamardConfig(), pooling="mean")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    pelt.save_adapter(model, tmp_path / "a")
+    assert pelt.read_adapter_config(tmp_path / "a")["pooling"] == "mean"
+    reloaded = pelt.load_adapter(tiny_model("bert", seed=0), tmp_path / "a")
+    assert isinstance(reloaded.bert.pooler, TokenPooling) and reloaded.bert.pooler.mode == "mean"
+    assert torch.equal(model_output(reloaded, inputs), model_output(model, inputs))
+
+
+@pytest.mark.parametrize("family, kwargs, message", [
+    ("bert", {"pooling": "max"}, "pooling must be one of cls, mean"),
+    ("bert", {"pooling": "cls", "train_pooler": True}, "pick one"),
+    ("roberta", {"pooling": "mean"}, "has no pretrained pooler"),
+])
+def test_impossible_pooling_is_refused_and_the_model_is_left_alone(family, kwargs, message) -> None:
+    model = tiny_model(family)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    with pytest.raises(PeltError, match=message):
+        pelt.apply_method(model, pelt.HadamardConfig(), **kwargs)
+    assert getattr(model, "pelt_state", None) is None
+    assert model.state_dict().keys() == before.keys()  # BERT's pooler still in place
+
+
+def test_a_failing_method_gives_the_pooler_back() -> None:
+    model = tiny_model("bert")
+    pooler = model.bert.pooler
+    with pytest.raises(PeltError):
+        pelt.apply_method(model, pelt.make_config("compacter", n=3), pooling="mean")  # 3 does not divide 32
+    assert model.bert.pooler is pooler
