@@ -155,7 +155,7 @@ def apply_method(
             if name in flags:
                 p.requires_grad_(flags[name])
         raise
-    if replaced is not None:  # hooked after the method's hooks, so mean pooling sees a prompt's widened mask
+    if replaced is not None and pooling == "mean":  # after the method's hooks: it sees a prompt's widened mask
         replaced[0].register_forward_pre_hook(replaced[3].remember_mask, with_kwargs=True)
     state = PeltState(config, injection.added, injection.unfrozen, head, base_count, train_pooler, pooling=pooling)
     names = dict(model.named_parameters())
