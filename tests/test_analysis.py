@@ -18,8 +18,10 @@ from conftest import (  # noqa: E402
     ALL_FAMILIES,
     VOCAB,
     assert_bad_input,
+    model_output,
     run,
     separable_rows,
+    tiny_inputs,
     tiny_model,
     write_sst2,
 )
@@ -625,6 +627,50 @@ def test_shared_adapter_trains_one_adapter_for_two_tasks(tiny_reference, tmp_pat
     for task in ("sst2", "cola"):
         metrics = pelt.pipeline.evaluate_adapter(tmp_path / "shared" / task / "adapter", data_dir=ref["data"])
         assert metrics["validation"] == pytest.approx(results["metrics"][task]["validation"])
+
+
+def test_shared_adapter_with_mean_pooling_stores_classifiers_only(tiny_reference, tmp_path):
+    """Every task's model pools with its own mask (the second task's backbone object carries the hook too): the
+    saved adapters, rebuilt by `pelt eval`, score exactly as training measured."""
+    ref = tiny_reference
+    config = pelt.train.TrainConfig(output_dir=str(tmp_path / "shared"), epochs=1, batch_size=8, learning_rate=5e-2,
+                                    warmup_steps=0, head_epochs=0)
+    results = analysis.train_shared_adapter(["sst2", "cola"], pelt.HadamardConfig(), config, model=str(ref["model"]),
+                                            data_dir=ref["data"], split_protocol="standard", pooling="mean",
+                                            log=lambda line: None)
+    assert results["parameters"]["heads"] == {"sst2": 2 * HIDDEN + 2, "cola": 2 * HIDDEN + 2}
+    for task in ("sst2", "cola"):
+        adapter = tmp_path / "shared" / task / "adapter"
+        assert pelt.read_adapter_config(adapter)["pooling"] == "mean"
+        metrics = pelt.pipeline.evaluate_adapter(adapter, data_dir=ref["data"])
+        assert metrics["validation"] == pytest.approx(results["metrics"][task]["validation"])
+
+
+def test_every_shared_task_model_pools_over_its_own_mask(tiny_reference):
+    from pelt.analysis.shared import shared_models
+
+    specs = [pelt.tasks.get_task("sst2"), pelt.tasks.get_task("cola")]
+    models, _ = shared_models(specs, pelt.HadamardConfig(), str(tiny_reference["model"]), pooling="mean")
+    assert models[1].bert.encoder is models[0].bert.encoder  # one backbone
+    inputs = tiny_inputs("bert", batch=1, length=5)
+    padded = {"input_ids": torch.cat([inputs["input_ids"], torch.full((1, 3), 7)], 1),
+              "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros(1, 3, dtype=torch.long)], 1)}
+    for task_model in models:
+        torch.testing.assert_close(model_output(task_model.eval(), padded), model_output(task_model, inputs),
+                                   rtol=0, atol=1e-5)
+
+
+def test_a_reference_trained_with_pooling_gets_a_base_model_that_pools_the_same(tiny_reference, tmp_path):
+    from pelt.analysis.reference import load_reference_pair
+    from pelt.core import TokenPooling
+
+    ref = tiny_reference
+    tuned = pelt.apply_method(pelt.pipeline.load_task_model(pelt.tasks.get_task("sst2"), str(ref["model"]))[0],
+                              pelt.FullConfig(), pooling="cls")
+    pelt.save_adapter(tuned, tmp_path / "ft", metadata={"task": "sst2"})
+    pair = load_reference_pair(tmp_path / "ft", model=str(ref["model"]))
+    assert isinstance(pair.base.bert.pooler, TokenPooling) and pair.base.bert.pooler.mode == "cls"
+    assert pair.head_names() == ["classifier.weight", "classifier.bias"]
 
 
 def test_analyze_shared_compares_with_per_task_adapters(tiny_reference, tmp_path, capsys):

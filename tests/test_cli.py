@@ -378,6 +378,8 @@ def test_pooling_replaces_the_pooler_and_survives_reload(capsys, tiny_model_dir,
     assert results["parameters"]["base_params"] == TINY_BASE_PARAMS  # percentages stay against the whole model
     config = pelt.read_adapter_config(out_dir / "adapter")
     assert config["pooling"] == "mean" and config["trainable_parameters"] == TINY_METHOD_TOTAL + TINY_HEAD
+    reloaded = pelt.load_adapter(fresh_tiny_model(tiny_model_dir), out_dir / "adapter")
+    assert isinstance(reloaded.bert.pooler, pelt.core.TokenPooling) and reloaded.bert.pooler.mode == "mean"
     rc, out, err = run(capsys, "eval", "--adapter", out_dir / "adapter", "--data-dir", tiny_glue, "--json")
     assert rc == 0, err
     assert json_document(out)["validation"]["accuracy"] == pytest.approx(

@@ -163,6 +163,8 @@ def test_a_run_killed_by_sigkill_is_a_recorded_failure_named_by_its_signal(tmp_p
     ("loading\n" + PROGRESS + "\r" + PROGRESS, 1, "loading"),
     (PROGRESS, 1, "exit code 1"),
     ("", -signal.SIGSEGV, "killed by SIGSEGV"),
+    ("loading\n" + PROGRESS + "pelt: error: 140 input tokens", 2, "pelt: error: 140 input tokens"),
+    ("Map:  50%|█████     | 5/10 [00:00<00:00, 100.00 examples/s]\n70it [00:01, 50.0it/s]", 1, "exit code 1"),
     ("pelt: error: bad\n", -signal.SIGKILL, "pelt: error: bad"),
 ])
 def test_the_error_line_skips_progress_bars(stderr: str, code: int, expected: str) -> None:

@@ -43,12 +43,27 @@ def test_mean_pooling_ignores_padding() -> None:
 
 
 def test_mean_pooling_covers_the_prompt_tuning_widened_mask() -> None:
-    """Prompt tuning adds tokens in front and widens the mask; the mean runs over those tokens too, never the pad."""
+    """Prompt tuning adds tokens and widens the mask: the mean runs over the prompt and the real tokens, not the
+    padding."""
     model = pelt.apply_method(tiny_model("bert"), pelt.PromptTuningConfig(num_tokens=4), pooling="mean")
     inputs = tiny_inputs("bert", batch=1, length=5)
+    inputs["attention_mask"][:] = 1  # no padding: the mean is over every state the backbone returns
+    with torch.no_grad():
+        states = model.bert(**inputs).last_hidden_state
+    assert states.shape[1] == 4 + 5
+    torch.testing.assert_close(model_output(model, inputs), model.classifier(states.mean(1)), rtol=0, atol=1e-6)
     padded = {"input_ids": torch.cat([inputs["input_ids"], torch.full((1, 3), 7)], 1),
               "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros(1, 3, dtype=torch.long)], 1)}
     torch.testing.assert_close(model_output(model, padded), model_output(model, inputs), rtol=0, atol=1e-5)
+
+
+def test_mean_pooling_without_return_dict_and_with_a_positional_mask() -> None:
+    model = pelt.apply_method(tiny_model("bert"), pelt.HadamardConfig(), pooling="mean")
+    inputs = tiny_inputs("bert")
+    expected = model_output(model, inputs)
+    with torch.no_grad():
+        as_tuple = model(inputs["input_ids"], inputs["attention_mask"], return_dict=False)[0]
+    torch.testing.assert_close(as_tuple, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method", ["full", "bitfit", "intrinsic-said", "hadamard"])
@@ -81,7 +96,7 @@ def test_save_and_load_keep_the_pooling(tmp_path) -> None:
 @pytest.mark.parametrize("family, kwargs, message", [
     ("bert", {"pooling": "max"}, "pooling must be one of cls, mean"),
     ("bert", {"pooling": "cls", "train_pooler": True}, "pick one"),
-    ("roberta", {"pooling": "mean"}, "has no pretrained pooler"),
+    ("roberta", {"pooling": "mean"}, "has no BERT-style pretrained pooler"),
 ])
 def test_impossible_pooling_is_refused_and_the_model_is_left_alone(family, kwargs, message) -> None:
     model = tiny_model(family)

@@ -493,7 +493,8 @@ def _analyze(args: argparse.Namespace) -> None:
         train_args = _build_parser(args.method).parse_args(train_argv)
         print(analysis.analyze_shared(args.tasks, _method_config(train_args, args.method), _train_config(train_args),
                                       out, model=args.model, data_dir=args.data_dir, max_train_samples=sizes or None,
-                                      train_pooler=train_args.train_pooler, split_protocol=args.split_protocol))
+                                      train_pooler=train_args.train_pooler, pooling=train_args.pooling,
+                                      split_protocol=args.split_protocol))
     else:
         adapters = _named_values(args.adapters, "--adapters", number=False)
         print(analysis.write_similarity_report(analysis.adapter_similarity(adapters), out))
@@ -539,6 +540,7 @@ def _tasks(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    caller_group = _process_group_active()  # a caller's own group is the caller's to end
     try:
         parser = _build_parser(_method_from_argv(argv))
         args = parser.parse_args(argv)
@@ -546,28 +548,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
          "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args)
     except PeltError as e:
-        _release_process_group(finished=False)
+        if not caller_group:
+            _release_process_group(finished=False)
         print(f"pelt: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        _release_process_group(finished=False)
+        if not caller_group:
+            _release_process_group(finished=False)
         return EXIT_INTERRUPTED
-    _release_process_group(finished=True)
+    if not caller_group:
+        _release_process_group(finished=True)
     return 0
 
 
+def _process_group_active() -> bool:
+    if "torch" not in sys.modules:  # nothing distributed can have started
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def _release_process_group(finished: bool) -> None:
-    """Tear down the process group torchrun / accelerate set up, if any.
+    """Tear down the process group the command's training set up under torchrun / accelerate, if any.
 
     Left to the interpreter's exit, a gloo rank can abort ("terminate called without an active exception") after
     its work is done. Ranks that finished wait for each other first; after an error no rank waits, as another one
     may never arrive.
     """
-    if "torch" not in sys.modules:  # nothing distributed can have started
-        return
-    import torch.distributed as dist
+    if _process_group_active():
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
         if finished:
             dist.barrier()
         dist.destroy_process_group()

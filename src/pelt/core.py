@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,41 +77,60 @@ class TokenPooling(nn.Module):
 
     Nothing here is trained, so a task stores only its classifier. Sentence-embedding checkpoints were tuned
     through mean pooling and ship an untrained pooler, which would otherwise have to be trained (and stored) per
-    task. The attention mask reaches `mean` through a hook on the backbone, after any hook that widens it (prompt
-    tuning's).
+    task. BERT does not pass its pooler the attention mask, so for `mean` a forward hook on the backbone
+    (`_masked_mean_output`) redoes the mean over the tokens the mask the backbone ran with keeps (a prompt's
+    widened mask included); it holds no state, so model replicas (DataParallel) stay right.
     """
 
     def __init__(self, mode: str) -> None:
         super().__init__()
         self.mode = mode
-        self.attention_mask: torch.Tensor | None = None
-
-    def remember_mask(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        self.attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.mode == "cls":
-            return hidden_states[:, 0]
-        mask, self.attention_mask = self.attention_mask, None
-        if mask is None:
-            return hidden_states.mean(dim=1)
-        if mask.shape != hidden_states.shape[:2]:  # a method changed the sequence without widening the mask
-            raise RuntimeError(f"mean pooling: mask {tuple(mask.shape)} does not cover states "
-                               f"{tuple(hidden_states.shape[:2])}")
-        weights = mask.to(hidden_states.dtype).unsqueeze(-1)
-        return (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return hidden_states[:, 0] if self.mode == "cls" else hidden_states.mean(dim=1)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
 
 
-def _replace_pooler(model: nn.Module, pooling: str) -> tuple[nn.Module, str, nn.Module, TokenPooling]:
-    """Swap BERT's pooler for a TokenPooling; return (its parent, the attribute, the old pooler, the new one)."""
-    parent_path, _, name = pooler_path(model).rpartition(".")  # type: ignore[union-attr]  # checked by the caller
+def _masked_mean_output(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+    """Forward hook of a BERT backbone under mean pooling: its pooled output, padding left out."""
+    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    if mask is None:  # every token is real: TokenPooling's plain mean is already the answer
+        return None
+    states = output[0]
+    if mask.shape != states.shape[:2]:  # a method changed the sequence without widening the mask
+        raise RuntimeError(f"mean pooling: mask {tuple(mask.shape)} does not cover states {tuple(states.shape[:2])}")
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    pooled = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    if isinstance(output, tuple):  # return_dict=False
+        return (output[0], pooled, *output[2:])
+    output["pooler_output"] = pooled
+    return output
+
+
+def replace_pooler(model: nn.Module, pooling: str) -> Callable[[], None]:
+    """Swap a BERT model's pooler for a TokenPooling (and hook the masked mean); return what undoes it.
+
+    `apply_method(..., pooling=...)` does this; analyses call it to rebuild the base model a run was trained on.
+    """
+    if pooling not in POOLINGS:
+        raise PeltError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    path = pooler_path(model)
+    if path is None:
+        raise PeltError(f"pooling={pooling}: this {type(model).__name__} has no BERT-style pretrained pooler to "
+                        "replace (only BERT classifiers have one); leave the option off")
+    parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path)
-    old, new = getattr(parent, name), TokenPooling(pooling)
-    setattr(parent, name, new)
-    return parent, name, old, new
+    old = getattr(parent, name)
+    setattr(parent, name, TokenPooling(pooling))
+    hook = parent.register_forward_hook(_masked_mean_output, with_kwargs=True) if pooling == "mean" else None
+
+    def undo() -> None:
+        setattr(parent, name, old)
+        if hook is not None:
+            hook.remove()
+    return undo
 
 
 def apply_method(
@@ -132,31 +152,24 @@ def apply_method(
         raise PeltError("a pelt method is already applied to this model; start again from a fresh base model")
     if pooling is not None and train_pooler:
         raise PeltError(f"train_pooler trains BERT's pooler and pooling={pooling} removes it; pick one")
-    if pooling is not None and pooling not in POOLINGS:
-        raise PeltError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    if pooling is not None and pooler_path(model) is None:
-        raise PeltError(f"pooling={pooling}: this {type(model).__name__} has no pretrained pooler to replace "
-                        "(its head reads the first token already); leave the option off")
     arch = get_arch(model)
     method = get_method(config.method)
     base_count = count_parameters(base_model(model))
     head = head_parameter_names(model, train_pooler=train_pooler) if train_head else []
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     # the pooler goes before the method sees the model, so no method trains or projects its weights
-    replaced = _replace_pooler(model, pooling) if pooling is not None else None
+    undo_pooling = replace_pooler(model, pooling) if pooling is not None else None
     for p in model.parameters():
         p.requires_grad_(False)
     try:
         injection = method.inject(model, config, arch)
     except Exception:  # methods check sizes before replacing modules: give the model back as it came
-        if replaced is not None:
-            setattr(replaced[0], replaced[1], replaced[2])
+        if undo_pooling is not None:
+            undo_pooling()
         for name, p in model.named_parameters():
             if name in flags:
                 p.requires_grad_(flags[name])
         raise
-    if replaced is not None and pooling == "mean":  # after the method's hooks: it sees a prompt's widened mask
-        replaced[0].register_forward_pre_hook(replaced[3].remember_mask, with_kwargs=True)
     state = PeltState(config, injection.added, injection.unfrozen, head, base_count, train_pooler, pooling=pooling)
     names = dict(model.named_parameters())
     missing = [n for n in state.trainable if n not in names]

@@ -15,7 +15,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 from torch import nn
 
-from pelt.core import head_parameter_names
+from pelt.core import head_parameter_names, replace_pooler
 from pelt.errors import PeltError
 from pelt.methods import FullConfig
 from pelt.pipeline import adapter_base_model, finetune, load_adapted, load_task_model
@@ -82,6 +82,8 @@ def load_reference_pair(finetuned: str | os.PathLike, *, model: str | None = Non
         raise PeltError(f"the attention analyses compare encoder models with a task head; {finetuned} is a text-to-"
                         "text adapter of an encoder-decoder model (train the reference on an encoder)")
     base, _ = load_task_model(spec, adapter_base_model(config, model))
+    if config.get("pooling"):  # the base model as the run saw it: its fitted maps feed the run's classifier
+        replace_pooler(base, config["pooling"])
     base.eval()
     formulation = formulation_for(spec, tuned.config, tokenizer, int(config.get("max_length", 128)))
     return ReferencePair(base, tuned, tokenizer, spec, config, formulation)

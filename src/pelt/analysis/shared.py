@@ -42,6 +42,7 @@ from pelt.core import (
     load_trained_weights,
     parameter_report,
     read_adapter_config,
+    replace_pooler,
     save_adapter,
     set_trainable,
 )
@@ -82,7 +83,7 @@ def _initial_values(adapter: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise PeltError(f"adapter {adapter} does not record its task; it cannot be compared")
     base, _ = load_task_model(spec, adapter_base_model(config))
     method = get_method(config["method"]).config_class.from_dict(config["method_config"])
-    apply_method(base, method, train_pooler=bool(config.get("train_pooler")))
+    apply_method(base, method, train_pooler=bool(config.get("train_pooler")), pooling=config.get("pooling"))
     return {name: p.detach().clone() for name, p in base.named_parameters() if p.requires_grad}
 
 
@@ -189,6 +190,31 @@ def _share_backbone(target: nn.Module, source: nn.Module, *, keep_pooler: bool) 
             setattr(target_backbone, name, module)
 
 
+def shared_models(specs: list[TaskSpec], method: MethodConfig, model: str | None, *, train_pooler: bool = False,
+                  pooling: str | None = None) -> tuple[list[nn.Module], Any]:
+    """One model per task, all on the first one's backbone and adapter, each with its own head (and pooler when
+    trained; under `pooling`, its own backbone object carries the masked-mean hook)."""
+    models: list[nn.Module] = []
+    tokenizer = None
+    for spec in specs:
+        task_model, tokenizer = load_task_model(spec, model)
+        if getattr(task_model.config, "is_encoder_decoder", False):
+            raise PeltError("shared adapters with separate heads need an encoder; T5 shares everything text to text")
+        if not models:
+            apply_method(task_model, method, train_pooler=train_pooler, pooling=pooling)
+        else:
+            first = models[0]
+            if pooling is not None:
+                replace_pooler(task_model, pooling)
+            _share_backbone(task_model, first, keep_pooler=train_pooler)
+            shared = first.pelt_state
+            task_model.pelt_state = PeltState(shared.config, shared.added, shared.unfrozen,
+                                              head_parameter_names(task_model, train_pooler=train_pooler),
+                                              shared.base_param_count, train_pooler, pooling=pooling)
+        models.append(task_model)
+    return models, tokenizer
+
+
 def _train_loader(formulation: Formulation, encoded: Any, model: nn.Module, batch_size: int, seed: int) -> DataLoader:
     columns = [c for c in _MODEL_INPUTS if c in encoded.column_names]
     sampler = LengthGroupedSampler(batch_size, lengths=list(encoded["length"]),
@@ -217,6 +243,7 @@ def train_shared_adapter(
     data_dir: str | os.PathLike | None = None,
     max_train_samples: dict[str, int] | int | None = None,
     train_pooler: bool = False,
+    pooling: str | None = None,
     split_protocol: str = "compacter",
     split_seed: int = 42,
     log: Any = print,
@@ -228,22 +255,7 @@ def train_shared_adapter(
     config = train_config.for_task(specs[0])
     out = Path(config.output_dir)
     set_seed(config.seed)
-    models: list[nn.Module] = []
-    tokenizer = None
-    for spec in specs:
-        task_model, tokenizer = load_task_model(spec, model)
-        if getattr(task_model.config, "is_encoder_decoder", False):
-            raise PeltError("shared adapters with separate heads need an encoder; T5 shares everything text to text")
-        if not models:
-            apply_method(task_model, method, train_pooler=train_pooler)
-        else:
-            first = models[0]
-            _share_backbone(task_model, first, keep_pooler=train_pooler)
-            shared = first.pelt_state
-            task_model.pelt_state = PeltState(shared.config, shared.added, shared.unfrozen,
-                                              head_parameter_names(task_model, train_pooler=train_pooler),
-                                              shared.base_param_count, train_pooler)
-        models.append(task_model)
+    models, tokenizer = shared_models(specs, method, model, train_pooler=train_pooler, pooling=pooling)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for task_model in models:
         task_model.to(device)
@@ -353,6 +365,7 @@ def analyze_shared(
     data_dir: str | os.PathLike | None = None,
     max_train_samples: dict[str, int] | int | None = None,
     train_pooler: bool = False,
+    pooling: str | None = None,
     split_protocol: str = "compacter",
 ) -> Path:
     """Per-task adapters and one shared adapter, trained with the same settings (each skipped when its results
@@ -366,13 +379,14 @@ def analyze_shared(
         if not (folder / "results.json").is_file():
             limit = max_train_samples.get(name) if isinstance(max_train_samples, dict) else max_train_samples
             finetune(name, method, replace(train_config, output_dir=str(folder)), model=model, data_dir=data_dir,
-                     max_train_samples=limit, train_pooler=train_pooler, split_protocol=split_protocol)  # type: ignore[arg-type]
+                     max_train_samples=limit, train_pooler=train_pooler, pooling=pooling,
+                     split_protocol=split_protocol)  # type: ignore[arg-type]
         per_task[name] = json.loads((folder / "results.json").read_text())
     shared_folder = runs / "shared"
     if not (shared_folder / "results.json").is_file():
         train_shared_adapter(tasks, method, replace(train_config, output_dir=str(shared_folder)), model=model,
                              data_dir=data_dir, max_train_samples=max_train_samples, train_pooler=train_pooler,
-                             split_protocol=split_protocol)
+                             pooling=pooling, split_protocol=split_protocol)
     shared = json.loads((shared_folder / "results.json").read_text())
     similarity = adapter_similarity({t: runs / "per_task" / t / "adapter" for t in per_task})
     write_similarity_report(similarity, out)

@@ -31,7 +31,9 @@ RUNS_DIR = "runs"
 # killer sends it, and a run that does not fit in memory is a failure to record, not one to retry forever.
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 INTERRUPTED_CODES = frozenset({130} | {-s for s in _STOP_SIGNALS} | {128 + s for s in _STOP_SIGNALS})
-_PROGRESS_BAR = re.compile(r"\d+%\||\[\d+:\d+<|\d(it/s|s/it)\]")
+# A progress bar ("Map:  37%|███▋ | 70/189 [01:02<01:45, 1.13it/s]", or "70it [00:01, 50.0it/s]" without a total):
+# tqdm ends none with a newline, so an error printed after one shares its line.
+_PROGRESS_BAR = re.compile(r"[^|\n]*\d+%\|[^|\n]*\|[^\[\n]*\[[^\]\n]*\]|\d+it \[[^\]\n]*\]")
 
 
 def _command(spec: RunSpec, settings: GridSettings, output_dir: Path) -> list[str]:
@@ -82,9 +84,9 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
 def _error_line(stderr: str, code: int) -> str:
     """The line that says why a run failed: pelt's own error, else an exception, else the signal, else the last words.
 
-    Progress bars are not reasons (a run killed mid-epoch leaves one as its last line of stderr).
+    Progress bars are not reasons (a run killed mid-epoch leaves one as its last line of stderr): they are cut out.
     """
-    lines = [line.strip() for line in stderr.splitlines() if line.strip() and not _PROGRESS_BAR.search(line)]
+    lines = [text for line in stderr.splitlines() if (text := _PROGRESS_BAR.sub("", line).strip())]
     errors = [line for line in lines if line.startswith("pelt: error:") or "Error" in line.split(":")[0]]
     if errors:
         return errors[-1][:500]
