@@ -69,6 +69,13 @@ def tiny_inputs(family: str, batch: int = 3, length: int = 7, seed: int = 1) -> 
     return inputs
 
 
+def with_padding(inputs: dict[str, torch.Tensor], extra: int = 3) -> dict[str, torch.Tensor]:
+    """The same inputs with `extra` padding positions appended (arbitrary ids, masked out)."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    return {"input_ids": torch.cat([ids, torch.full((ids.shape[0], extra), 7)], 1),
+            "attention_mask": torch.cat([mask, torch.zeros(mask.shape[0], extra, dtype=mask.dtype)], 1)}
+
+
 def model_output(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
         return model(**inputs).logits

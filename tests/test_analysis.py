@@ -23,6 +23,7 @@ from conftest import (  # noqa: E402
     separable_rows,
     tiny_inputs,
     tiny_model,
+    with_padding,
     write_sst2,
 )
 from pelt import analysis  # noqa: E402
@@ -653,8 +654,7 @@ def test_every_shared_task_model_pools_over_its_own_mask(tiny_reference):
     models, _ = shared_models(specs, pelt.HadamardConfig(), str(tiny_reference["model"]), pooling="mean")
     assert models[1].bert.encoder is models[0].bert.encoder  # one backbone
     inputs = tiny_inputs("bert", batch=1, length=5)
-    padded = {"input_ids": torch.cat([inputs["input_ids"], torch.full((1, 3), 7)], 1),
-              "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros(1, 3, dtype=torch.long)], 1)}
+    padded = with_padding(inputs)
     for task_model in models:
         torch.testing.assert_close(model_output(task_model.eval(), padded), model_output(task_model, inputs),
                                    rtol=0, atol=1e-5)

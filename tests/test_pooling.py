@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_OPTIONS, model_output, tiny_inputs, tiny_model
+from conftest import TINY_OPTIONS, model_output, tiny_inputs, tiny_model, with_padding
 
 import pelt
 from pelt.core import TokenPooling
@@ -37,8 +37,7 @@ def test_pooling_feeds_the_classifier_what_it_names(pooling: str) -> None:
 def test_mean_pooling_ignores_padding() -> None:
     model = pelt.apply_method(tiny_model("bert"), pelt.HadamardConfig(), pooling="mean")
     inputs = tiny_inputs("bert", batch=1, length=5)
-    padded = {"input_ids": torch.cat([inputs["input_ids"], torch.full((1, 3), 7)], 1),
-              "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros(1, 3, dtype=torch.long)], 1)}
+    padded = with_padding(inputs)
     torch.testing.assert_close(model_output(model, padded), model_output(model, inputs), rtol=0, atol=1e-5)
 
 
@@ -52,8 +51,7 @@ def test_mean_pooling_covers_the_prompt_tuning_widened_mask() -> None:
         states = model.bert(**inputs).last_hidden_state
     assert states.shape[1] == 4 + 5
     torch.testing.assert_close(model_output(model, inputs), model.classifier(states.mean(1)), rtol=0, atol=1e-6)
-    padded = {"input_ids": torch.cat([inputs["input_ids"], torch.full((1, 3), 7)], 1),
-              "attention_mask": torch.cat([inputs["attention_mask"], torch.zeros(1, 3, dtype=torch.long)], 1)}
+    padded = with_padding(inputs)
     torch.testing.assert_close(model_output(model, padded), model_output(model, inputs), rtol=0, atol=1e-5)
 
 

@@ -540,7 +540,8 @@ def _tasks(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    caller_group = _process_group_active()  # a caller's own group is the caller's to end
+    ours = not _process_group_active()  # a group the caller started is the caller's to end
+    code = 0
     try:
         parser = _build_parser(_method_from_argv(argv))
         args = parser.parse_args(argv)
@@ -548,17 +549,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
          "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args)
     except PeltError as e:
-        if not caller_group:
-            _release_process_group(finished=False)
         print(f"pelt: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        code = EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        if not caller_group:
-            _release_process_group(finished=False)
-        return EXIT_INTERRUPTED
-    if not caller_group:
-        _release_process_group(finished=True)
-    return 0
+        code = EXIT_INTERRUPTED
+    if ours:
+        _release_process_group(finished=code == 0)
+    return code
 
 
 def _process_group_active() -> bool:
