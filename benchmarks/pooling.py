@@ -1,7 +1,7 @@
 """What the pooler costs on the bundled MiniLM: BERT's pooler trained with the head (`--train-pooler`, what the MiniLM
 grid does, as the checkpoint ships it untrained) against no pooler at all (`--pooling cls`, `--pooling mean`).
 
-    python benchmarks/pooling.py --data-dir ../shared/data [--methods hadamard compacter++] [--tasks sst2 mrpc]
+    python benchmarks/pooling.py --data-dir ../shared/data [--methods hadamard compacter++] [--tasks sst2 mrpc rte]
 
 The pooler is 147,840 of the 148,610 head parameters a MiniLM task stores; without it a Hadamard task stores
 ~10k. Each pooling is a resumable `pelt sweep` (the grid's settings: 3 epochs, batch 32, 6% warm-up, Hadamard after
@@ -53,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
     parser.add_argument("--methods", nargs="+", default=["hadamard"])
-    parser.add_argument("--tasks", nargs="+", default=["sst2"])
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "mrpc"])
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--report-only", action="store_true", help="rewrite README.md from the runs so far")
     args = parser.parse_args()
