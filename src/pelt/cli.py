@@ -15,10 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from pelt.errors import PeltError
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+from pelt.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, PeltError
 
 
 def _argument_type(parse: Any, example: str) -> Any:

@@ -4,6 +4,9 @@ The CLI turns it into a single line on stderr and exit code 2, so its message mu
 and how to fix it, without relying on a traceback.
 """
 
+EXIT_BAD_INPUT = 2  # the CLI's exit code for a PeltError
+EXIT_INTERRUPTED = 130  # and for Ctrl-C (128 + SIGINT, as shells report it); the sweep reads it as "stopped"
+
 
 class PeltError(Exception):
     """A user-facing error: bad input, an impossible configuration, a mismatched adapter."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pelt.errors import EXIT_INTERRUPTED
 from pelt.harness.grid import GridSettings, RunSpec, read_records
 from pelt.methods.base import format_option
 
@@ -26,11 +27,11 @@ __all__ = ["RESULTS_NAME", "run_grid"]
 
 RESULTS_NAME = "results.jsonl"
 RUNS_DIR = "runs"
-# How a `pelt train` stopped from outside ends: its own exit code on Ctrl-C (130), a signal's negative code when
+# How a `pelt train` stopped from outside ends: its own exit code on Ctrl-C, a signal's negative code when
 # it had no time to clean up, or 128 + the signal through a shell. SIGKILL is not here: the kernel's out-of-memory
 # killer sends it, and a run that does not fit in memory is a failure to record, not one to retry forever.
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-INTERRUPTED_CODES = frozenset({130} | {-s for s in _STOP_SIGNALS} | {128 + s for s in _STOP_SIGNALS})
+INTERRUPTED_CODES = frozenset({EXIT_INTERRUPTED, *(-s for s in _STOP_SIGNALS), *(128 + s for s in _STOP_SIGNALS)})
 # A progress bar ("Map:  37%|███▋ | 70/189 [01:02<01:45, 1.13it/s]", or "70it [00:01, 50.0it/s]" without a total):
 # tqdm ends none with a newline, so an error printed after one shares its line.
 _PROGRESS_BAR = re.compile(r"[^|\n]*\d+%\|[^|\n]*\|[^\[\n]*\[[^\]\n]*\]|\d+it \[[^\]\n]*\]")
