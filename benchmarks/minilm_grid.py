@@ -1,7 +1,7 @@
 """The MiniLM grid of the harness: every method × RTE, MRPC, STS-B, CoLA and a 2,000-example SST-2 subsample, each at
 its reference learning rate and one neighbour, seed 42; then the low-resource curve on SST-2.
 
-    python benchmarks/minilm_grid.py --data-dir ../shared/data [--part grid|lowres|bench|all]
+    python benchmarks/minilm_grid.py --data-dir ../shared/data [--part grid|lowres|bench|all|paper-grid]
 
 Runs `pelt sweep` task by task (so each task's table completes before the next starts) and method group by
 method group (the neighbour of the reference learning rate is ×10 or ÷10 per method, below), all into one grid
@@ -10,6 +10,10 @@ runs/ folder, not committed). Resumable: rerun the same command after an interru
 (full fine-tuning, Hadamard, Compacter++ on 100 ... 2,000 SST-2 sentences, the paper's epochs per size,
 evaluation every 250 steps) goes to benchmarks/results/minilm_lowres/. `--part bench` (not in `all`: it needs the
 cores to itself) writes the efficiency table of every method to benchmarks/results/minilm_efficiency/.
+
+`--part paper-grid` (not in `all`: it is meant for a GPU) runs the paper's learning-rate grid instead of the
+reference and one neighbour, every task in one sweep per method group, `--jobs` runs at a time, into
+benchmarks/results/minilm_grid_gpu/ (or `--grid-name`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,15 @@ GROUPS = [
       "compacter", "adapter-lowrank", "phm-adapter"], ["ref", "ref*10"]),
     (["prompt-tuning:init=random", "prompt-tuning:init=vocab", "intrinsic-said"], ["ref", "ref/10"]),
 ]
+# The paper's grid, where a GPU makes it affordable: {3e-3, 3e-4, 3e-5}, 1e-3 more for the adapters, and the
+# reference rate of the methods whose reference lies outside it (Hadamard, LoRA, prompt tuning, Intrinsic-SAID).
+PAPER_GROUPS = [
+    (["full", "bitfit", "ia3"], ["3e-3", "3e-4", "3e-5"]),
+    (["hadamard", "lora", "prompt-tuning:init=random", "prompt-tuning:init=vocab", "intrinsic-said"],
+     ["ref", "3e-3", "3e-4", "3e-5"]),
+    (["adapter", "pfeiffer", "adapterdrop:drop_first=2", "compacter++", "compacter", "adapter-lowrank", "phm-adapter"],
+     ["3e-3", "1e-3", "3e-4", "3e-5"]),
+]
 LOWRES = [("full", "3e-5"), ("hadamard", "5e-3"), ("compacter++", "3e-3")]
 # The efficiency table: every method at the grid's shape (batch 32, length 128), frozen (head only) as a reference,
 # the largest batch in 4 GiB, minutes per epoch of the 8,000-sentence SST-2 subsample the MiniLM benchmarks use.
@@ -58,10 +71,13 @@ def sweep(args: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
-    parser.add_argument("--part", choices=["grid", "lowres", "bench", "all"], default="all")
+    parser.add_argument("--part", choices=["grid", "lowres", "bench", "all", "paper-grid"], default="all")
     parser.add_argument("--tasks", nargs="+", default=TASKS)
     parser.add_argument("--results-dir", type=Path, default=RESULTS,
                         help="where the grid folders go (default: benchmarks/results next to this script)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (paper-grid)")
+    parser.add_argument("--grid-name", default="minilm_grid_gpu", help="the paper-grid's folder name")
+    parser.add_argument("--device-name", default="GPU", help="named in the paper-grid report's title")
     args = parser.parse_args()
     if args.part == "bench":
         pelt("bench", ["--methods", *BENCH, *BENCH_ARGS, "--output-dir", str(args.results_dir / "minilm_efficiency")])
@@ -69,6 +85,13 @@ def main() -> None:
     if not args.data_dir:
         sys.exit("pass --data-dir (a data root holding glue/) or set PELT_DATA_DIR")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.part == "paper-grid":
+        for methods, lrs in PAPER_GROUPS:
+            sweep(["--grid-dir", str(args.results_dir / args.grid_name), "--methods", *methods, "--tasks", *args.tasks,
+                   "--lrs", *lrs, "--seeds", "42", "--max-train-samples", "sst2=2000", "--jobs", str(args.jobs),
+                   "--data-dir", args.data_dir, "--train-args", TRAIN_ARGS,
+                   "--title", f"MiniLM, the paper's learning-rate grid (bundled all-MiniLM-L6-v2, {args.device_name})"])
+        return
     if args.part in ("grid", "all"):
         for task in args.tasks:
             for methods, lrs in GROUPS:

@@ -77,3 +77,16 @@ def test_bench_can_train_the_pooler_with_the_head(tiny_model_dir: Path) -> None:
     with_pooler = measure_step("bitfit", str(tiny_model_dir), 2, 8, steps=1, warmup=0, train_pooler=True)
     without = measure_step("bitfit", str(tiny_model_dir), 2, 8, steps=1, warmup=0)
     assert with_pooler.trained_params - without.trained_params == 32 * 32  # its weight; BitFit trains its bias
+
+
+def test_bench_can_replace_the_pooler(tiny_model_dir: Path, capsys) -> None:
+    """With --pooling the pooler is gone, so BitFit no longer trains its bias (measured in the worker process)."""
+    from pelt.harness.efficiency import measure_in_subprocess
+
+    with_pooler = measure_step("bitfit", str(tiny_model_dir), 2, 8, steps=1, warmup=0)
+    pooled = measure_in_subprocess("bitfit", str(tiny_model_dir), 2, 8, 1, 0, pooling="mean")
+    assert with_pooler.trained_params - pooled.trained_params == 32
+    assert main(["bench", "--methods", "full", "--model", str(tiny_model_dir), "--train-pooler",
+                 "--pooling", "cls"]) == 2
+    assert capsys.readouterr().err.strip() == ("pelt: error: --train-pooler trains BERT's pooler and --pooling cls "
+                                               "removes it; pick one")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,80 @@ def test_a_killed_grid_restarts_with_only_what_is_missing(tmp_path: Path) -> Non
     records = run_grid(specs, tmp_path, GridSettings(), runner=resumed, log=lambda _: None)
     assert resumed.calls == ["rte/0.01", "rte/0.1"]
     assert len(records) == 4
+
+
+class Together:
+    """A runner whose first `parties` runs can only finish once all of them are running at the same time."""
+
+    def __init__(self, parties: int, ends: dict[str, tuple[int, str]] | None = None,
+                 hold: dict[str, threading.Event] | None = None) -> None:
+        self.barrier = threading.Barrier(parties, timeout=10)
+        self.parties, self.ends, self.hold, self.started = parties, ends or {}, hold or {}, []
+        self.fake = FakeTrain()
+
+    def __call__(self, cmd: list[str], output_dir: Path) -> tuple[int, str]:
+        lr = f"{float(cmd[cmd.index('--lr') + 1]):g}"
+        self.started.append(lr)
+        if len(self.started) <= self.parties:
+            self.barrier.wait()  # BrokenBarrierError (a recorded crash) if the runs were not side by side
+        if lr in self.hold:  # this run ends only once the event is set
+            assert self.hold[lr].wait(timeout=10)
+        if lr in self.ends:
+            return self.ends[lr]
+        return self.fake(cmd, output_dir)
+
+
+def test_jobs_run_side_by_side_and_each_result_is_recorded(tmp_path: Path) -> None:
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-4", "1e-3", "1e-2", "1e-1"], [42], [None])
+    runner = Together(3, ends={"0.01": (2, "pelt: error: bad\n")})
+    records = run_grid(specs, tmp_path, GridSettings(), jobs=3, runner=runner, log=lambda _: None)
+    assert sorted(runner.started) == ["0.0001", "0.001", "0.01", "0.1"]
+    saved = {r["learning_rate"]: r for r in read_records(tmp_path / "results.jsonl")}
+    assert len(saved) == 4 and len(records) == 4
+    assert saved[0.01]["status"] == "failed" and saved[0.01]["error"] == "pelt: error: bad"
+    assert all(r["status"] == "ok" for lr, r in saved.items() if lr != 0.01)
+    assert all(r["settings"]["jobs"] == 3 for r in saved.values())  # the report says times were side by side
+    with pytest.raises(PeltError, match="jobs must be at least 1"):
+        run_grid(specs, tmp_path, GridSettings(), jobs=0, runner=runner, log=lambda _: None)
+
+
+def test_an_interrupted_job_stops_new_runs_and_keeps_the_finished_ones(tmp_path: Path) -> None:
+    """Run 1 is interrupted while run 2 is running: run 2 is still recorded, runs 3 and 4 never start."""
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-4", "1e-3", "1e-2", "1e-1"], [42], [None])
+    stop_seen = threading.Event()  # run 2 ends after the grid has taken in run 1's interruption
+    runner = Together(2, ends={"0.0001": (130, "")}, hold={"0.001": stop_seen})
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(specs, tmp_path, GridSettings(), jobs=2, runner=runner,
+                 log=lambda line: stop_seen.set() if "interrupted" in line else None)
+    assert sorted(runner.started) == ["0.0001", "0.001"]
+    assert [r["learning_rate"] for r in read_records(tmp_path / "results.jsonl")] == [0.001]
+    resumed = FakeTrain()
+    run_grid(specs, tmp_path, GridSettings(), jobs=2, runner=resumed, log=lambda _: None)
+    assert sorted(resumed.calls) == ["rte/0.0001", "rte/0.01", "rte/0.1"]
+
+
+def test_an_interrupted_grid_stops_its_running_children(tmp_path: Path) -> None:
+    """A grid stopped itself (KeyboardInterrupt in the sweep, its children spared) interrupts the runs still going."""
+    import sys
+    import time
+
+    from pelt.harness.sweep import INTERRUPTED_CODES, _run_process, _stop_running
+
+    codes: list[int] = []
+    child = threading.Thread(target=lambda: codes.append(
+        _run_process([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "run")[0]))
+    child.start()
+    time.sleep(1.0)  # the child is running
+    started = time.time()
+    _stop_running(grace=0.1, cleanup=5.0)
+    child.join(timeout=10)
+    assert not child.is_alive() and codes and codes[0] in INTERRUPTED_CODES
+    assert time.time() - started < 10
+
+
+def test_cli_refuses_no_jobs(capsys) -> None:
+    assert main(["sweep", "--grid-dir", "g", "--methods", "hadamard", "--tasks", "rte", "--jobs", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "pelt: error: --jobs must be at least 1, got 0"
 
 
 PROGRESS = " 37%|███▋      | 70/189 [01:02<01:45,  1.13it/s]"
@@ -252,6 +327,11 @@ def test_report_tables_and_both_figures_from_a_results_file(tmp_path: Path) -> N
     assert "| full | 100.0000 | 79.0 | 79.0 | 90.0 | 82.7 |" in text
     # hadamard on sst2: 0.75 - 0.1 + n / 1e4 for n = 100, 500, 1000, 2000
     assert "## Score vs training-set size" in text and "| sst2 | hadamard | 66.0 | 70.0 | 75.0 | 85.0 |" in text
+    # every learning rate's validation score, the pick in bold; none for sst2, run at one learning rate
+    rte = text[text.index("## rte"):text.index("## mrpc")]
+    assert "| method | 0.01 | 0.001 |" in rte and "| full | **81.0** | 80.0 |" in rte
+    assert "| compacter++ | **71.0** | 70.0 |" in rte
+    assert "at each learning rate" not in text[text.index("## sst2"):]
     for figure in ("scores_vs_params.png", "scores_vs_train_size.png"):
         data = (folder / figure).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
@@ -300,3 +380,29 @@ def test_a_run_whose_folder_vanishes_is_reported_not_a_crash(tmp_path: Path) -> 
     assert _run_process([sys.executable, "-c", remove_own_folder, str(out)], out) == (3, "")
     assert _run_process([sys.executable, "-c", "import sys; sys.stderr.write('pelt: error: x')"], out) == (
         0, "pelt: error: x")
+
+
+def test_report_says_once_when_runs_were_timed_side_by_side() -> None:
+    from pelt.harness.report import _settings_lines
+
+    shared = {"model": "m", "split_protocol": "compacter", "train_args": "--epochs 3"}
+    records = [{"settings": shared | {"jobs": 14}}, {"settings": shared | {"jobs": 15}}, {"settings": shared},
+               {"settings": shared | {"train_args": ""}}]
+    assert _settings_lines(records) == [
+        "Runs: m, split protocol compacter.",
+        "Runs: m, split protocol compacter, `pelt train --epochs 3`; up to 15 runs at a time, so their times and "
+        "ms/step were measured side by side.",
+        "",
+    ]
+
+
+def test_a_curve_shows_a_method_with_one_size_so_far_but_a_fixed_size_grid_has_none() -> None:
+    from pelt.harness.report import _curves
+
+    records = [_record("full", "sst2", 1e-3, 0.8, 0.7 + n / 1e4, size=n) for n in (100, 500)]
+    records.append(_record("hadamard", "sst2", 1e-3, 0.8, 0.6, size=100))
+    curves = _curves(select_best(records))
+    assert curves["sizes"] == [100, 500]
+    assert curves["lines"][("sst2", "hadamard")] == {100: pytest.approx(0.6)}
+    assert _curves(select_best([_record("full", "sst2", 1e-3, 0.8, 0.7, size=2000),
+                                _record("hadamard", "sst2", 1e-3, 0.8, 0.6, size=2000)])) == {}

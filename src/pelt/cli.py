@@ -182,6 +182,10 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
                        help="compacter (default): learning rates picked on validation, test reported")
     sweep.add_argument("--train-args", default="", help="further `pelt train` flags for every run, quoted")
     sweep.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    sweep.add_argument("--jobs", type=int, default=1,
+                       help="runs at once (default 1): for a GPU with room for several runs of a small model; they "
+                            "share the visible devices and cores (set OMP_NUM_THREADS), and their times are then "
+                            "measured side by side")
     sweep.add_argument("--title", default=None, help="title of the report")
 
     bench = sub.add_parser("bench", help="efficiency table: trained %%, step time, throughput, peak memory, "
@@ -198,6 +202,8 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
                        help="also find the largest batch whose peak memory fits this budget")
     bench.add_argument("--epoch-examples", type=int, default=None, help="also report minutes per epoch of N examples")
     bench.add_argument("--train-pooler", action="store_true", help="train BERT's pooler with the head (as pelt train)")
+    bench.add_argument("--pooling", choices=["cls", "mean"],
+                       help="replace BERT's pooler by the [CLS] state or the token mean (as pelt train)")
     bench.add_argument("--output-dir", default=None, help="write efficiency.md and efficiency.json there")
 
     report = sub.add_parser("report", help="tables and figures of a grid (written next to its results)")
@@ -379,10 +385,12 @@ def _sweep(args: argparse.Namespace) -> None:
 
     from pelt.harness import GridSettings, expand_grid, run_grid, write_report
 
+    if args.jobs < 1:
+        raise PeltError(f"--jobs must be at least 1, got {args.jobs}")
     specs = expand_grid(args.methods, args.tasks, args.lrs, args.seeds, _task_sizes(args),
                         low_resource=args.low_resource, eval_steps=args.eval_steps)
     settings = GridSettings(args.data_dir, args.model, args.split_protocol, shlex.split(args.train_args))
-    records = run_grid(specs, args.grid_dir, settings, retry_failed=args.retry_failed,
+    records = run_grid(specs, args.grid_dir, settings, retry_failed=args.retry_failed, jobs=args.jobs,
                        log=lambda line: print(line, flush=True))
     if any(r.get("status") == "ok" for r in records):
         title = args.title or f"Grid {Path(args.grid_dir).name}"
@@ -398,7 +406,7 @@ def _bench(args: argparse.Namespace) -> None:
     rows = efficiency_table(args.methods, args.model, batch_size=args.batch_size, seq_len=args.seq_len,
                             steps=args.steps, warmup=args.warmup, memory_budget_mb=args.memory_budget_mb,
                             epoch_examples=args.epoch_examples, train_pooler=args.train_pooler,
-                            log=lambda line: print(line, file=sys.stderr))
+                            pooling=args.pooling, log=lambda line: print(line, file=sys.stderr))
     table = markdown(rows, memory_budget_mb=args.memory_budget_mb, epoch_examples=args.epoch_examples)
     print(table)
     if args.output_dir:

@@ -45,9 +45,9 @@ class StepMeasure:
 
 
 def measure_step(variant: str, model: str | None, batch_size: int, seq_len: int, steps: int = 5,
-                 warmup: int = 2, *, train_pooler: bool = False) -> StepMeasure:
+                 warmup: int = 2, *, train_pooler: bool = False, pooling: str | None = None) -> StepMeasure:
     """Time `steps` training steps of `variant` (after `warmup`) in this process; median time, peak memory.
-    `train_pooler` trains BERT's pooler with the head (as `pelt train --train-pooler`)."""
+    `train_pooler` trains BERT's pooler with the head, `pooling` replaces it (as the `pelt train` flags)."""
     import torch
 
     import pelt
@@ -60,11 +60,11 @@ def measure_step(variant: str, model: str | None, batch_size: int, seq_len: int,
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base.to(device)
     if variant == FROZEN:
-        pelt.apply_method(base, pelt.make_config("full"), train_pooler=train_pooler)
+        pelt.apply_method(base, pelt.make_config("full"), train_pooler=train_pooler, pooling=pooling)
         pelt.set_trainable(base, method=False, head=True)
     else:
         method, options = parse_variant(variant)
-        pelt.apply_method(base, variant_config(method, options), train_pooler=train_pooler)
+        pelt.apply_method(base, variant_config(method, options), train_pooler=train_pooler, pooling=pooling)
     report = pelt.parameter_report(base)
     base.train()
     low = min(1000, tokenizer.vocab_size - 1)
@@ -98,7 +98,7 @@ def measure_step(variant: str, model: str | None, batch_size: int, seq_len: int,
 
 
 def measure_in_subprocess(variant: str, model: str | None, batch_size: int, seq_len: int, steps: int,
-                          warmup: int, *, train_pooler: bool = False) -> StepMeasure:
+                          warmup: int, *, train_pooler: bool = False, pooling: str | None = None) -> StepMeasure:
     """`measure_step` in a fresh Python process: a clean peak, and an out-of-memory kill stays contained."""
     cmd = [sys.executable, "-m", "pelt.harness.efficiency", "--variant", variant, "--batch-size", str(batch_size),
            "--seq-len", str(seq_len), "--steps", str(steps), "--warmup", str(warmup)]
@@ -106,6 +106,8 @@ def measure_in_subprocess(variant: str, model: str | None, batch_size: int, seq_
         cmd += ["--model", str(model)]
     if train_pooler:
         cmd.append("--train-pooler")
+    if pooling:
+        cmd += ["--pooling", pooling]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()] or [f"exit code {done.returncode}"]
@@ -151,23 +153,27 @@ def largest_batch(first: StepMeasure, second: StepMeasure, budget_mb: float, mea
 
 def efficiency_table(variants: list[str], model: str | None, *, batch_size: int = 32, seq_len: int = 128,
                      steps: int = 5, warmup: int = 2, memory_budget_mb: float | None = None,
-                     epoch_examples: int | None = None, train_pooler: bool = False,
+                     epoch_examples: int | None = None, train_pooler: bool = False, pooling: str | None = None,
                      log: Any = print) -> list[dict[str, Any]]:
     """One row per variant (measured in its own processes), with ratios to full fine-tuning when it is listed."""
+    if pooling is not None and train_pooler:
+        raise PeltError(f"--train-pooler trains BERT's pooler and --pooling {pooling} removes it; pick one")
     for variant in variants:
         if variant != FROZEN:
             parse_variant(variant)  # fail on a bad name before measuring anything
     rows = []
     for variant in variants:
         log(f"measuring {variant} at batch {batch_size} x {seq_len}")
-        main = measure_in_subprocess(variant, model, batch_size, seq_len, steps, warmup, train_pooler=train_pooler)
+        main = measure_in_subprocess(variant, model, batch_size, seq_len, steps, warmup, train_pooler=train_pooler,
+                                     pooling=pooling)
         row: dict[str, Any] = asdict(main)
         if epoch_examples:
             row["epoch_minutes"] = round(main.ms_per_step * math.ceil(epoch_examples / batch_size) / 60000, 2)
         if memory_budget_mb:
             def measure(b: int) -> StepMeasure:
                 log(f"  {variant}: peak at batch {b}")
-                return measure_in_subprocess(variant, model, b, seq_len, 1, 0, train_pooler=train_pooler)
+                return measure_in_subprocess(variant, model, b, seq_len, 1, 0, train_pooler=train_pooler,
+                                             pooling=pooling)
             second = measure(2 * batch_size)
             row["largest_batch"], row["largest_batch_peak_mb"] = largest_batch(main, second, memory_budget_mb,
                                                                                measure)
@@ -212,9 +218,10 @@ def _worker() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--train-pooler", action="store_true")
+    parser.add_argument("--pooling", choices=["cls", "mean"], default=None)
     args = parser.parse_args()
     measured = measure_step(args.variant, args.model, args.batch_size, args.seq_len, args.steps, args.warmup,
-                            train_pooler=args.train_pooler)
+                            train_pooler=args.train_pooler, pooling=args.pooling)
     print(json.dumps(asdict(measured)))
 
 

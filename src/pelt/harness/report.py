@@ -129,6 +129,7 @@ def write_report(records: list[dict[str, Any]], folder: str | os.PathLike, *, ti
             lines.append(f"| {variant} | {lrs} | {100 * pick.validation:.1f} | {_score(pick.test, pick.main_metric)} | "
                          f"{pick.method_percent:.4f} | {_fmt(pick.peak_memory_mb)} | {_fmt(pick.ms_per_step)} | "
                          f"{pick.seeds} |")
+        lines += _learning_rate_table(records, task, _common_size(selected, task), variants, by_key)
     curves = _curves(selected)
     if curves:
         lines += ["", "## Score vs training-set size", "", "| task | method | " +
@@ -146,14 +147,40 @@ def write_report(records: list[dict[str, Any]], folder: str | os.PathLike, *, ti
     return path
 
 
+def _learning_rate_table(records: list[dict[str, Any]], task: str, size: int | None, variants: list[str],
+                         picks: dict[tuple[str, str], Selected]) -> list[str]:
+    """Validation score at every learning rate run (mean over seeds), the picked one in bold: how sensitive
+    each method is to its learning rate. Empty when no method ran more than one."""
+    scores: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.get("status") == "ok" and r["task"] == task and r["train_size"] == size:
+            scores[r["variant"]][r["learning_rate"]].append(_main(r, r["selection_split"]))
+    if all(len(by_lr) < 2 for by_lr in scores.values()):
+        return []
+    rates = sorted({lr for by_lr in scores.values() for lr in by_lr}, reverse=True)
+    lines = ["", "Validation score at each learning rate (×100; the pick in bold):", "",
+             "| method | " + " | ".join(f"{lr:g}" for lr in rates) + " |", "|---|" + "---|" * len(rates)]
+    for variant in (v for v in variants if v in scores):
+        picked = picks[(variant, task)].learning_rate if (variant, task) in picks else None
+        cells = []
+        for lr in rates:
+            values = scores[variant].get(lr)
+            cell = f"{100 * statistics.fmean(values):.1f}" if values else "–"
+            cells.append(f"**{cell}**" if values and lr == picked else cell)
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _settings_lines(records: list[dict[str, Any]]) -> list[str]:
-    """What the runs shared (model, split protocol, `pelt train` flags), as recorded by `pelt sweep`."""
-    seen = {json.dumps(r["settings"], sort_keys=True) for r in records if r.get("settings")}
-    lines = []
-    for text in sorted(seen):
-        settings = json.loads(text)
+    """What the runs shared (model, split protocol, `pelt train` flags), as recorded by `pelt sweep`; runs made
+    several at a time (`pelt sweep --jobs`) are said to be, as their times were measured side by side."""
+    most_jobs: dict[str, int] = {}
+    for settings in (r["settings"] for r in records if r.get("settings")):
         flags = f", `pelt train {settings['train_args']}`" if settings.get("train_args") else ""
-        lines.append(f"Runs: {settings['model']}, split protocol {settings['split_protocol']}{flags}.")
+        shared = f"Runs: {settings['model']}, split protocol {settings['split_protocol']}{flags}"
+        most_jobs[shared] = max(most_jobs.get(shared, 1), settings.get("jobs", 1))
+    lines = [shared + (f"; up to {jobs} runs at a time, so their times and ms/step were measured side by side"
+                       if jobs > 1 else "") + "." for shared, jobs in sorted(most_jobs.items())]
     return [*lines, ""] if lines else []
 
 
@@ -172,10 +199,17 @@ def _curves(selected: list[Selected]) -> dict[str, Any]:
     for s in selected:
         if s.train_size is not None:
             lines[(s.task, s.variant)][s.train_size] = s.test[s.main_metric]
-    lines = {k: v for k, v in lines.items() if len(v) > 1}
+    task_sizes: dict[str, set[int]] = defaultdict(set)
+    for (task, _), points in lines.items():
+        task_sizes[task] |= set(points)
+    # a task run at several sizes has a curve; every method of it is shown, even one with a single size so far
+    lines = {k: v for k, v in lines.items() if len(task_sizes[k[0]]) > 1}
     if not lines:
         return {}
     return {"sizes": sorted({n for v in lines.values() for n in v}), "lines": dict(sorted(lines.items()))}
+
+
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 
 
 def _plots(full_size: list[Selected], averages: dict[str, float], curves: dict[str, Any], folder: Path) -> list[str]:
@@ -187,13 +221,22 @@ def _plots(full_size: list[Selected], averages: dict[str, float], curves: dict[s
     names = []
     points = [(v, next(s for s in full_size if s.variant == v)) for v, avg in averages.items() if not math.isnan(avg)]
     if points:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        from matplotlib.lines import Line2D
+
+        fig, ax = plt.subplots(figsize=(9, 4.8))
         memory = [p.peak_memory_mb or 0 for _, p in points]
         top = max(memory) or 1
-        for (variant, pick), mb in zip(points, memory):
-            ax.scatter(max(pick.method_percent, 1e-4), 100 * averages[variant], s=40 + 600 * mb / top, alpha=0.6)
-            ax.annotate(variant, (max(pick.method_percent, 1e-4), 100 * averages[variant]), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
+        colors = plt.get_cmap("tab20").colors
+        handles = []
+        # Methods crowd around 0.1%: a legend (colour and shape per method) stays legible where labels would not.
+        for index, ((variant, pick), mb) in enumerate(zip(points, memory)):
+            color, marker = colors[index % len(colors)], _MARKERS[index % len(_MARKERS)]
+            ax.scatter(max(pick.method_percent, 1e-4), 100 * averages[variant], s=40 + 600 * mb / top, alpha=0.6,
+                       color=color, marker=marker, edgecolors="black", linewidths=0.5)
+            handles.append(Line2D([], [], linestyle="", marker=marker, markersize=7, color=color,
+                                  markeredgecolor="black", markeredgewidth=0.5, alpha=0.8,
+                                  label=f"{variant} ({100 * averages[variant]:.1f})"))
+        ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         ax.set_xscale("log")
         ax.set_xlabel("trained parameters (% of the base model, log scale)")
         ax.set_ylabel("average score")

@@ -14,12 +14,14 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from pelt.errors import EXIT_INTERRUPTED
+from pelt.errors import EXIT_INTERRUPTED, PeltError
 from pelt.harness.grid import GridSettings, RunSpec, read_records
 from pelt.methods.base import format_option
 
@@ -61,9 +63,41 @@ def _run_process(cmd: list[str], output_dir: Path) -> tuple[int, str]:
     """Run `pelt train`, its output in the run's folder (train.log, train.err); return the exit code and stderr."""
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "train.log", "w") as out, open(output_dir / "train.err", "w") as err:
-        code = subprocess.run(cmd, stdout=out, stderr=err).returncode
+        process = subprocess.Popen(cmd, stdout=out, stderr=err)
+        with _running_lock:
+            _running.add(process)
+        try:
+            code = process.wait()
+        finally:
+            with _running_lock:
+                _running.discard(process)
     err = output_dir / "train.err"
     return code, err.read_text(errors="replace") if err.exists() else ""  # the folder may have been removed
+
+
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+def _stop_running(grace: float = 2.0, cleanup: float = 10.0) -> None:
+    """End the `pelt train` children when the grid itself is interrupted: a Ctrl-C reached them too, so give them
+    `grace` seconds to stop on their own; then interrupt the rest, and kill what is left after `cleanup` more."""
+    with _running_lock:
+        processes = list(_running)
+    for deadline, action in ((grace, None), (cleanup, signal.SIGINT), (None, signal.SIGKILL)):
+        alive = [p for p in processes if p.poll() is None]
+        if not alive:
+            return
+        for process in alive:
+            if action is not None:
+                process.send_signal(action)
+        if deadline is not None:
+            end = time.time() + deadline
+            for process in alive:
+                try:
+                    process.wait(timeout=max(0.0, end - time.time()))
+                except subprocess.TimeoutExpired:
+                    pass
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -106,36 +140,76 @@ def run_grid(
     settings: GridSettings,
     *,
     retry_failed: bool = False,
+    jobs: int = 1,
     runner: Callable[[list[str], Path], tuple[int, str]] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Run every spec that has no record yet; return all records of the grid (old and new)."""
+    """Run every spec that has no record yet, `jobs` at a time; return all records of the grid (old and new).
+
+    This process alone writes the results file, one line per finished run, in the order runs finish. Once a run
+    comes back interrupted no further run starts; the ones already running are waited for (recorded if they
+    finish), then KeyboardInterrupt is raised."""
+    if jobs < 1:
+        raise PeltError(f"jobs must be at least 1, got {jobs}")
     folder = Path(grid_dir)
     (folder / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     results_file = folder / RESULTS_NAME
     done = {r["key"]: r for r in read_records(results_file)}
     run = runner or _run_process
     todo = [s for s in specs if s.key not in done or (retry_failed and done[s.key]["status"] == "failed")]
-    log(f"grid: {len(specs)} runs, {len(specs) - len(todo)} already recorded, {len(todo)} to run")
-    for number, spec in enumerate(todo, 1):
+    log(f"grid: {len(specs)} runs, {len(specs) - len(todo)} already recorded, {len(todo)} to run"
+        + (f", {jobs} at a time" if jobs > 1 else ""))
+    shared = {"model": settings.model or "bundled all-MiniLM-L6-v2", "split_protocol": settings.split_protocol,
+              "train_args": " ".join(settings.extra_args)}
+    if jobs > 1:  # the runs' times and throughput were measured side by side
+        shared["jobs"] = jobs
+
+    def execute(number: int, spec: RunSpec) -> tuple[RunSpec, int, str, float]:
         output_dir = folder / RUNS_DIR / spec.folder_name
-        cmd = _command(spec, settings, output_dir)
         log(f"[{number}/{len(todo)}] {spec.key}")
         started = time.time()
-        code, stderr = run(cmd, output_dir)
-        if code in INTERRUPTED_CODES:
-            log(f"  interrupted (exit code {code}): not recorded; rerun the same command to resume")
-            raise KeyboardInterrupt
-        record: dict[str, Any] = {"key": spec.key, **spec.to_dict(), "seconds": round(time.time() - started, 1),
-                                  "settings": {"model": settings.model or "bundled all-MiniLM-L6-v2",
-                                               "split_protocol": settings.split_protocol,
-                                               "train_args": " ".join(settings.extra_args)}}
-        results_json = output_dir / "results.json"
-        if code == 0 and results_json.exists():
-            record |= {"status": "ok", **_summary(json.loads(results_json.read_text()))}
-        else:
-            record |= {"status": "failed", "exit_code": code, "error": _error_line(stderr, code)}
-            log(f"  failed: {record['error']}")
-        _append(results_file, record)
-        done[spec.key] = record
+        code, stderr = run(_command(spec, settings, output_dir), output_dir)
+        return spec, code, stderr, time.time() - started
+
+    waiting = iter(enumerate(todo, 1))
+    interrupted = False
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: set[Future] = set()
+        try:
+            while True:
+                while not interrupted and len(running) < jobs:  # started here, one at a time: none slips past a stop
+                    item = next(waiting, None)
+                    if item is None:
+                        break
+                    running.add(pool.submit(execute, *item))
+                if not running:
+                    break
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    spec, code, stderr, seconds = future.result()
+                    if code in INTERRUPTED_CODES:
+                        log(f"  {spec.key} interrupted (exit code {code}): not recorded; "
+                            "rerun the same command to resume")
+                        interrupted = True  # no further run starts; the running ones finish or stop themselves
+                        continue
+                    record = _record(spec, code, stderr, seconds, folder / RUNS_DIR / spec.folder_name, shared)
+                    if record["status"] == "failed":
+                        log(f"  {spec.key} failed: {record['error']}")
+                    _append(results_file, record)
+                    done[spec.key] = record
+        except BaseException:
+            _stop_running()
+            raise
+    if interrupted:
+        raise KeyboardInterrupt
     return list(done.values())
+
+
+def _record(spec: RunSpec, code: int, stderr: str, seconds: float, output_dir: Path,
+            settings: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"key": spec.key, **spec.to_dict(), "seconds": round(seconds, 1),
+                              "settings": dict(settings)}
+    results_json = output_dir / "results.json"
+    if code == 0 and results_json.exists():
+        return record | {"status": "ok", **_summary(json.loads(results_json.read_text()))}
+    return record | {"status": "failed", "exit_code": code, "error": _error_line(stderr, code)}
