@@ -180,23 +180,53 @@ def test_an_interrupted_job_stops_new_runs_and_keeps_the_finished_ones(tmp_path:
     assert sorted(resumed.calls) == ["rte/0.0001", "rte/0.01", "rte/0.1"]
 
 
-def test_an_interrupted_grid_stops_its_running_children(tmp_path: Path) -> None:
-    """A grid stopped itself (KeyboardInterrupt in the sweep, its children spared) interrupts the runs still going."""
+def test_an_interrupted_grid_stops_its_running_children_and_starts_no_more(tmp_path: Path) -> None:
+    """A grid stopped itself (KeyboardInterrupt in the sweep, its children spared) interrupts the runs still going,
+    and a run whose turn comes after the stop never starts."""
     import sys
     import time
 
-    from pelt.harness.sweep import INTERRUPTED_CODES, _run_process, _stop_running
+    from pelt.harness.sweep import INTERRUPTED_CODES, _Children, _run_process
 
+    children = _Children()
     codes: list[int] = []
-    child = threading.Thread(target=lambda: codes.append(
-        _run_process([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "run")[0]))
+    child = threading.Thread(target=lambda: codes.append(_run_process(
+        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "run", children)[0]))
     child.start()
-    time.sleep(1.0)  # the child is running
+    deadline = time.time() + 30
+    while not children.alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert children.alive(), "the child never started"
     started = time.time()
-    _stop_running(grace=0.1, cleanup=5.0)
+    children.stop(grace=0.1, cleanup=5.0)
     child.join(timeout=10)
     assert not child.is_alive() and codes and codes[0] in INTERRUPTED_CODES
     assert time.time() - started < 10
+    marker = tmp_path / "started"
+    late = _run_process([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], tmp_path / "late", children)
+    assert late[0] in INTERRUPTED_CODES and not marker.exists()
+
+
+def test_a_broken_run_is_its_own_failure_and_its_siblings_are_recorded(tmp_path: Path) -> None:
+    """A runner that raises, or a run that leaves a truncated results.json, fails alone; runs beside it count."""
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-4", "1e-3", "1e-2"], [42], [None])
+    fake = FakeTrain()
+
+    def runner(cmd: list[str], output_dir: Path) -> tuple[int, str]:
+        lr = float(cmd[cmd.index("--lr") + 1])
+        if lr == 1e-4:
+            raise OSError("No space left on device")
+        if lr == 1e-3:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / "results.json").write_text('{"metrics": ')
+            return 0, ""
+        return fake(cmd, output_dir)
+
+    records = run_grid(specs, tmp_path, GridSettings(), jobs=2, runner=runner, log=lambda _: None)
+    saved = {r["learning_rate"]: r for r in read_records(tmp_path / "results.jsonl")}
+    assert len(records) == 3 and saved[0.01]["status"] == "ok"
+    assert saved[0.0001]["status"] == "failed" and saved[0.0001]["error"] == "OSError: No space left on device"
+    assert saved[0.001]["status"] == "failed" and saved[0.001]["error"].startswith("JSONDecodeError")
 
 
 def test_cli_refuses_no_jobs(capsys) -> None:
@@ -390,8 +420,8 @@ def test_report_says_once_when_runs_were_timed_side_by_side() -> None:
                {"settings": shared | {"train_args": ""}}]
     assert _settings_lines(records) == [
         "Runs: m, split protocol compacter.",
-        "Runs: m, split protocol compacter, `pelt train --epochs 3`; up to 15 runs at a time, so their times and "
-        "ms/step were measured side by side.",
+        "Runs: m, split protocol compacter, `pelt train --epochs 3`; with up to 15 runs at a time (`--jobs 15`), so "
+        "times and ms/step may have been measured side by side.",
         "",
     ]
 
@@ -406,3 +436,61 @@ def test_a_curve_shows_a_method_with_one_size_so_far_but_a_fixed_size_grid_has_n
     assert curves["lines"][("sst2", "hadamard")] == {100: pytest.approx(0.6)}
     assert _curves(select_best([_record("full", "sst2", 1e-3, 0.8, 0.7, size=2000),
                                 _record("hadamard", "sst2", 1e-3, 0.8, 0.6, size=2000)])) == {}
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (read from /proc: no extra dependency)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_sigterm_to_a_sweep_stops_its_run_and_records_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A scheduler's SIGTERM reaches the sweep alone: it interrupts its `pelt train` child, records nothing for
+    it, and exits as after Ctrl-C (130), so the restart runs it again."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    data = write_sst2(tmp_path / "glue", separable_rows(40), separable_rows(20, seed=1))
+    grid = tmp_path / "grid"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "pelt.cli", "sweep", "--grid-dir", str(grid), "--methods", "hadamard", "--tasks",
+         "sst2", "--lrs", "1e-2", "--model", str(tiny_model_dir), "--data-dir", str(data), "--split-protocol",
+         "standard", "--train-args", "--epochs 500 --batch-size 2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run_dir = str(grid / "runs")
+    deadline = time.time() + 60
+    while not _processes_mentioning(run_dir) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(run_dir), "the pelt train child never started"
+    time.sleep(2)
+    sweep.send_signal(signal.SIGTERM)
+    try:
+        output, _ = sweep.communicate(timeout=60)
+    finally:
+        sweep.kill()
+        leftover = _processes_mentioning(run_dir)
+        for pid in leftover:  # what a failing sweep left behind must not outlive the test
+            os.kill(pid, signal.SIGKILL)
+    assert leftover == []
+    assert sweep.returncode == 130, output
+    assert "interrupted: the runs in progress are stopped, not recorded; rerun the same command" in output
+    assert not read_records(grid / "results.jsonl")
+
+
+def test_every_seeds_pick_is_bold_in_the_learning_rate_table(tmp_path: Path) -> None:
+    records = [_record("full", "rte", 1e-4, 0.7, 0.6, seed=1), _record("full", "rte", 1e-3, 0.6, 0.6, seed=1),
+               _record("full", "rte", 1e-4, 0.5, 0.6, seed=2), _record("full", "rte", 1e-3, 0.6, 0.6, seed=2),
+               _record("hadamard", "rte", 1e-4, 0.5, 0.6), _record("hadamard", "rte", 1e-3, 0.6, 0.6)]
+    text = write_report(records, tmp_path).read_text()
+    assert "| method | 0.001 | 0.0001 |" in text
+    assert "| full | **60.0** | **60.0** |" in text and "| hadamard | **60.0** | 50.0 |" in text

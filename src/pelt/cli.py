@@ -384,14 +384,16 @@ def _sweep(args: argparse.Namespace) -> None:
     import shlex
 
     from pelt.harness import GridSettings, expand_grid, run_grid, write_report
+    from pelt.harness.sweep import sigterm_as_interrupt
 
     if args.jobs < 1:
         raise PeltError(f"--jobs must be at least 1, got {args.jobs}")
     specs = expand_grid(args.methods, args.tasks, args.lrs, args.seeds, _task_sizes(args),
                         low_resource=args.low_resource, eval_steps=args.eval_steps)
     settings = GridSettings(args.data_dir, args.model, args.split_protocol, shlex.split(args.train_args))
-    records = run_grid(specs, args.grid_dir, settings, retry_failed=args.retry_failed, jobs=args.jobs,
-                       log=lambda line: print(line, flush=True))
+    with sigterm_as_interrupt():
+        records = run_grid(specs, args.grid_dir, settings, retry_failed=args.retry_failed, jobs=args.jobs,
+                           log=lambda line: print(line, flush=True))
     if any(r.get("status") == "ok" for r in records):
         title = args.title or f"Grid {Path(args.grid_dir).name}"
         print(f"report: {write_report(records, args.grid_dir, title=title)}")

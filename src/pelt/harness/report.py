@@ -158,15 +158,15 @@ def _learning_rate_table(records: list[dict[str, Any]], task: str, size: int | N
     if all(len(by_lr) < 2 for by_lr in scores.values()):
         return []
     rates = sorted({lr for by_lr in scores.values() for lr in by_lr}, reverse=True)
-    lines = ["", "Validation score at each learning rate (×100; the pick in bold):", "",
+    lines = ["", "Validation score at each learning rate (×100, mean over seeds; each seed's pick in bold):", "",
              "| method | " + " | ".join(f"{lr:g}" for lr in rates) + " |", "|---|" + "---|" * len(rates)]
     for variant in (v for v in variants if v in scores):
-        picked = picks[(variant, task)].learning_rate if (variant, task) in picks else None
+        picked = set(picks[(variant, task)].learning_rates) if (variant, task) in picks else set()
         cells = []
         for lr in rates:
             values = scores[variant].get(lr)
             cell = f"{100 * statistics.fmean(values):.1f}" if values else "–"
-            cells.append(f"**{cell}**" if values and lr == picked else cell)
+            cells.append(f"**{cell}**" if values and lr in picked else cell)
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return lines
 
@@ -179,8 +179,8 @@ def _settings_lines(records: list[dict[str, Any]]) -> list[str]:
         flags = f", `pelt train {settings['train_args']}`" if settings.get("train_args") else ""
         shared = f"Runs: {settings['model']}, split protocol {settings['split_protocol']}{flags}"
         most_jobs[shared] = max(most_jobs.get(shared, 1), settings.get("jobs", 1))
-    lines = [shared + (f"; up to {jobs} runs at a time, so their times and ms/step were measured side by side"
-                       if jobs > 1 else "") + "." for shared, jobs in sorted(most_jobs.items())]
+    lines = [shared + (f"; with up to {jobs} runs at a time (`--jobs {jobs}`), so times and ms/step may have been "
+                       "measured side by side" if jobs > 1 else "") + "." for shared, jobs in sorted(most_jobs.items())]
     return [*lines, ""] if lines else []
 
 

@@ -8,6 +8,7 @@ it leaves no record and stops the grid, so the restart runs it again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from pelt.errors import EXIT_INTERRUPTED, PeltError
 from pelt.harness.grid import GridSettings, RunSpec, read_records
 from pelt.methods.base import format_option
 
-__all__ = ["RESULTS_NAME", "run_grid"]
+__all__ = ["RESULTS_NAME", "run_grid", "sigterm_as_interrupt"]
 
 RESULTS_NAME = "results.jsonl"
 RUNS_DIR = "runs"
@@ -59,45 +60,88 @@ def _command(spec: RunSpec, settings: GridSettings, output_dir: Path) -> list[st
     return cmd + list(settings.extra_args)
 
 
-def _run_process(cmd: list[str], output_dir: Path) -> tuple[int, str]:
-    """Run `pelt train`, its output in the run's folder (train.log, train.err); return the exit code and stderr."""
+class _Children:
+    """The `pelt train` processes a grid has running, so that a stopped grid can end them, and start no more."""
+
+    def __init__(self) -> None:
+        self._processes: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+
+    def start(self, cmd: list[str], **popen: Any) -> subprocess.Popen | None:
+        """The started process, or None once the grid is stopping (checked with the start, so none slips past)."""
+        with self._lock:
+            if self._stopping:
+                return None
+            process = subprocess.Popen(cmd, **popen)
+            self._processes.add(process)
+            return process
+
+    def finished(self, process: subprocess.Popen) -> None:
+        with self._lock:
+            self._processes.discard(process)
+
+    def alive(self) -> list[subprocess.Popen]:
+        with self._lock:
+            return [p for p in self._processes if p.poll() is None]
+
+    def stop(self, grace: float = 2.0, cleanup: float = 10.0) -> None:
+        """A Ctrl-C reached the children too, so give them `grace` seconds to stop on their own; then interrupt
+        the rest and kill what is left after `cleanup` more (also if this wait is itself interrupted)."""
+        with self._lock:
+            self._stopping = True
+        try:
+            for wait_for, action in ((grace, None), (cleanup, signal.SIGINT)):
+                alive = self.alive()
+                if not alive:
+                    return
+                if action is not None:
+                    for process in alive:
+                        process.send_signal(action)
+                end = time.time() + wait_for
+                for process in alive:
+                    try:
+                        process.wait(timeout=max(0.0, end - time.time()))
+                    except subprocess.TimeoutExpired:
+                        pass
+        finally:
+            for process in self.alive():
+                process.kill()
+
+
+def _run_process(cmd: list[str], output_dir: Path, children: _Children | None = None) -> tuple[int, str]:
+    """Run `pelt train`, its output in the run's folder (train.log, train.err); return the exit code and stderr.
+    A grid that is stopping starts nothing: the run comes back interrupted."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    children = children or _Children()
     with open(output_dir / "train.log", "w") as out, open(output_dir / "train.err", "w") as err:
-        process = subprocess.Popen(cmd, stdout=out, stderr=err)
-        with _running_lock:
-            _running.add(process)
+        process = children.start(cmd, stdout=out, stderr=err)
+        if process is None:
+            return EXIT_INTERRUPTED, ""
         try:
             code = process.wait()
         finally:
-            with _running_lock:
-                _running.discard(process)
+            children.finished(process)
     err = output_dir / "train.err"
     return code, err.read_text(errors="replace") if err.exists() else ""  # the folder may have been removed
 
 
-_running: set[subprocess.Popen] = set()
-_running_lock = threading.Lock()
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (a scheduler's preemption, `timeout`, `kill`) stops a grid as Ctrl-C does: its
+    running children are interrupted and leave no record. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
 
-def _stop_running(grace: float = 2.0, cleanup: float = 10.0) -> None:
-    """End the `pelt train` children when the grid itself is interrupted: a Ctrl-C reached them too, so give them
-    `grace` seconds to stop on their own; then interrupt the rest, and kill what is left after `cleanup` more."""
-    with _running_lock:
-        processes = list(_running)
-    for deadline, action in ((grace, None), (cleanup, signal.SIGINT), (None, signal.SIGKILL)):
-        alive = [p for p in processes if p.poll() is None]
-        if not alive:
-            return
-        for process in alive:
-            if action is not None:
-                process.send_signal(action)
-        if deadline is not None:
-            end = time.time() + deadline
-            for process in alive:
-                try:
-                    process.wait(timeout=max(0.0, end - time.time()))
-                except subprocess.TimeoutExpired:
-                    pass
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
@@ -155,7 +199,6 @@ def run_grid(
     (folder / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     results_file = folder / RESULTS_NAME
     done = {r["key"]: r for r in read_records(results_file)}
-    run = runner or _run_process
     todo = [s for s in specs if s.key not in done or (retry_failed and done[s.key]["status"] == "failed")]
     log(f"grid: {len(specs)} runs, {len(specs) - len(todo)} already recorded, {len(todo)} to run"
         + (f", {jobs} at a time" if jobs > 1 else ""))
@@ -164,45 +207,64 @@ def run_grid(
     if jobs > 1:  # the runs' times and throughput were measured side by side
         shared["jobs"] = jobs
 
-    def execute(number: int, spec: RunSpec) -> tuple[RunSpec, int, str, float]:
+    children = _Children()
+    run = runner or (lambda cmd, output_dir: _run_process(cmd, output_dir, children))
+
+    def execute(number: int, spec: RunSpec) -> tuple[int, str, float]:
         output_dir = folder / RUNS_DIR / spec.folder_name
         log(f"[{number}/{len(todo)}] {spec.key}")
         started = time.time()
         code, stderr = run(_command(spec, settings, output_dir), output_dir)
-        return spec, code, stderr, time.time() - started
+        return code, stderr, time.time() - started
 
     waiting = iter(enumerate(todo, 1))
     interrupted = False
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        running: set[Future] = set()
+        running: dict[Future, RunSpec] = {}
         try:
             while True:
                 while not interrupted and len(running) < jobs:  # started here, one at a time: none slips past a stop
                     item = next(waiting, None)
                     if item is None:
                         break
-                    running.add(pool.submit(execute, *item))
+                    running[pool.submit(execute, *item)] = item[1]
                 if not running:
                     break
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    spec, code, stderr, seconds = future.result()
-                    if code in INTERRUPTED_CODES:
-                        log(f"  {spec.key} interrupted (exit code {code}): not recorded; "
-                            "rerun the same command to resume")
+                    spec = running.pop(future)
+                    record = _finished_record(future, spec, folder / RUNS_DIR / spec.folder_name, shared)
+                    if record is None:
+                        log(f"  {spec.key} interrupted: not recorded; rerun the same command to resume")
                         interrupted = True  # no further run starts; the running ones finish or stop themselves
                         continue
-                    record = _record(spec, code, stderr, seconds, folder / RUNS_DIR / spec.folder_name, shared)
                     if record["status"] == "failed":
                         log(f"  {spec.key} failed: {record['error']}")
                     _append(results_file, record)
                     done[spec.key] = record
-        except BaseException:
-            _stop_running()
+        except BaseException as stop:
+            if isinstance(stop, KeyboardInterrupt):
+                log("interrupted: the runs in progress are stopped, not recorded; rerun the same command to resume")
+            pool.shutdown(wait=False, cancel_futures=True)
+            children.stop()
             raise
     if interrupted:
         raise KeyboardInterrupt
     return list(done.values())
+
+
+def _finished_record(future: Future, spec: RunSpec, output_dir: Path,
+                     settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The record of a finished run, or None when it was interrupted (to run again). A run whose runner or
+    results broke is a failure of that run alone: its siblings are still recorded."""
+    try:
+        code, stderr, seconds = future.result()
+        if code in INTERRUPTED_CODES:
+            return None
+        return _record(spec, code, stderr, seconds, output_dir, settings)
+    except Exception as error:  # KeyboardInterrupt is not an Exception: it stops the grid
+        return {"key": spec.key, **spec.to_dict(), "seconds": 0.0, "settings": dict(settings), "status": "failed",
+                "exit_code": None, "error": f"{type(error).__name__}: {error}"[:500]}
 
 
 def _record(spec: RunSpec, code: int, stderr: str, seconds: float, output_dir: Path,
