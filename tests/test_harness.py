@@ -379,12 +379,15 @@ def test_report_command_and_its_errors(tmp_path: Path, capsys) -> None:
     assert main(["report", "--grid-dir", str(tmp_path / "empty")]) == 2
 
 
-def test_cli_sweep_runs_real_processes_and_records_a_failure(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
-    """Two real `pelt train` processes on a tiny model: one trains, one fails (n=3 cannot divide hidden 32)."""
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_cli_sweep_runs_real_processes_and_records_a_failure(tmp_path: Path, tiny_model_dir: Path, capsys,
+                                                             jobs: int) -> None:
+    """Two real `pelt train` processes on a tiny model, one after the other or side by side: one trains, one
+    fails (n=3 cannot divide hidden 32)."""
     data = write_sst2(tmp_path / "glue", separable_rows(40), separable_rows(20, seed=1))
     grid = tmp_path / "grid"
     code = main(["sweep", "--grid-dir", str(grid), "--methods", "hadamard", "compacter:n=3", "--tasks", "sst2",
-                 "--lrs", "1e-2", "--model", str(tiny_model_dir), "--data-dir", str(data),
+                 "--lrs", "1e-2", "--model", str(tiny_model_dir), "--data-dir", str(data), "--jobs", str(jobs),
                  "--split-protocol", "standard", "--train-args", "--epochs 1 --batch-size 8"])
     assert code == 0
     records = {r["variant"]: r for r in read_records(grid / "results.jsonl")}
@@ -392,10 +395,11 @@ def test_cli_sweep_runs_real_processes_and_records_a_failure(tmp_path: Path, tin
     assert records["compacter:n=3"]["status"] == "failed"
     assert "n=3 does not divide" in records["compacter:n=3"]["error"]
     assert records["hadamard"]["settings"] == {"model": str(tiny_model_dir), "split_protocol": "standard",
-                                                "train_args": "--epochs 1 --batch-size 8"}
+                                                "train_args": "--epochs 1 --batch-size 8"} | (
+        {"jobs": 2} if jobs == 2 else {})
     report = (grid / "report.md").read_text()
     assert report.startswith("# Grid grid\n")
-    assert f"Runs: {tiny_model_dir}, split protocol standard, `pelt train --epochs 1 --batch-size 8`." in report
+    assert f"Runs: {tiny_model_dir}, split protocol standard, `pelt train --epochs 1 --batch-size 8`" in report
     assert "scores are that run's **validation** metrics" in report  # no test split under standard
     assert "report:" in capsys.readouterr().out
 
