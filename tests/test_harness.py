@@ -498,3 +498,20 @@ def test_every_seeds_pick_is_bold_in_the_learning_rate_table(tmp_path: Path) -> 
     text = write_report(records, tmp_path).read_text()
     assert "| method | 0.001 | 0.0001 |" in text
     assert "| full | **60.0** | **60.0** |" in text and "| hadamard | **60.0** | 50.0 |" in text
+
+
+def test_low_resource_sweep_defaults_to_the_papers_sizes_and_evaluation_steps() -> None:
+    from pelt.cli import _build_parser, _sweep_specs
+
+    def specs(*extra: str) -> list:
+        args = _build_parser(None).parse_args(["sweep", "--grid-dir", "g", "--methods", "hadamard", "--tasks",
+                                               "sst2", *extra])
+        return _sweep_specs(args)
+
+    paper = specs("--low-resource")
+    assert [(s.train_size, s.epochs, s.eval_steps) for s in paper] == [
+        (100, 1000.0, 250), (500, 200.0, 250), (1000, 100.0, 250), (2000, 50.0, 250), (4000, 25.0, 250)]
+    chosen = specs("--low-resource", "--train-sizes", "100", "500", "--eval-steps", "50")
+    assert [(s.train_size, s.eval_steps) for s in chosen] == [(100, 50), (500, 50)]
+    plain = specs()
+    assert [(s.train_size, s.epochs, s.eval_steps) for s in plain] == [(None, None, None)]

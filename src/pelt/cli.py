@@ -170,12 +170,15 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
                        help="learning rates: numbers, or ref, ref*10, ref/10 (the method's reference learning rate)")
     sweep.add_argument("--seeds", nargs="+", type=int, default=[42])
     sweep.add_argument("--train-sizes", nargs="+", type=int, default=None,
-                       help="training-set sizes (seeded subsamples) for every task")
+                       help="training-set sizes (seeded subsamples) for every task (with --low-resource: "
+                            "100 500 1000 2000 4000 unless given)")
     sweep.add_argument("--max-train-samples", nargs="+", default=[], metavar="TASK=N",
                        help="one training-set size per task, e.g. sst2=2000")
     sweep.add_argument("--low-resource", action="store_true",
-                       help="the Compacter paper's epochs per size (100: 1000, 500: 200, 1000: 100, 2000: 50, 4000: 25)")
-    sweep.add_argument("--eval-steps", type=int, default=None, help="evaluate every N steps (low-resource: 250)")
+                       help="the Compacter paper's low-resource runs: epochs per size (100: 1000, 500: 200, 1000: 100, "
+                            "2000: 50, 4000: 25), evaluation every 250 steps unless --eval-steps says otherwise")
+    sweep.add_argument("--eval-steps", type=int, default=None,
+                       help="evaluate every N steps (default: every epoch; with --low-resource, 250)")
     _common_model_args(sweep)
     sweep.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"))
     sweep.add_argument("--split-protocol", choices=["standard", "compacter"], default="compacter",
@@ -372,24 +375,36 @@ def _methods(_: argparse.Namespace) -> None:
 
 
 def _task_sizes(args: argparse.Namespace) -> dict[str, list[int | None]]:
+    from pelt.harness.grid import LOW_RESOURCE_EPOCHS
     from pelt.tasks import get_task
 
-    sizes: dict[str, list[int | None]] = {get_task(t).name: list(args.train_sizes or [None]) for t in args.tasks}
+    default = list(LOW_RESOURCE_EPOCHS) if args.low_resource else [None]
+    sizes: dict[str, list[int | None]] = {get_task(t).name: list(args.train_sizes or default) for t in args.tasks}
     for task, count in _named_values(args.max_train_samples, "--max-train-samples", number=True).items():
         sizes[task] = [count]
     return sizes
 
 
+def _sweep_specs(args: argparse.Namespace) -> list[Any]:
+    from pelt.harness import expand_grid
+    from pelt.harness.grid import LOW_RESOURCE_EVAL_STEPS
+
+    eval_steps = args.eval_steps
+    if eval_steps is None and args.low_resource:
+        eval_steps = LOW_RESOURCE_EVAL_STEPS
+    return expand_grid(args.methods, args.tasks, args.lrs, args.seeds, _task_sizes(args),
+                       low_resource=args.low_resource, eval_steps=eval_steps)
+
+
 def _sweep(args: argparse.Namespace) -> None:
     import shlex
 
-    from pelt.harness import GridSettings, expand_grid, run_grid, write_report
+    from pelt.harness import GridSettings, run_grid, write_report
     from pelt.harness.sweep import sigterm_as_interrupt
 
     if args.jobs < 1:
         raise PeltError(f"--jobs must be at least 1, got {args.jobs}")
-    specs = expand_grid(args.methods, args.tasks, args.lrs, args.seeds, _task_sizes(args),
-                        low_resource=args.low_resource, eval_steps=args.eval_steps)
+    specs = _sweep_specs(args)
     settings = GridSettings(args.data_dir, args.model, args.split_protocol, shlex.split(args.train_args))
     with sigterm_as_interrupt():
         records = run_grid(specs, args.grid_dir, settings, retry_failed=args.retry_failed, jobs=args.jobs,

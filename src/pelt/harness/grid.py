@@ -20,11 +20,12 @@ from pelt.methods import get_method, make_config
 from pelt.methods.base import parse_option
 from pelt.tasks import get_task
 
-__all__ = ["LOW_RESOURCE_EPOCHS", "RunSpec", "expand_grid", "parse_variant", "read_records", "resolve_lr",
-           "variant_config"]
+__all__ = ["LOW_RESOURCE_EPOCHS", "LOW_RESOURCE_EVAL_STEPS", "RunSpec", "expand_grid", "parse_variant",
+           "read_records", "resolve_lr", "variant_config"]
 
 # The Compacter paper's low-resource schedule (its Fig. 4): training-set size -> epochs (~100k examples seen).
 LOW_RESOURCE_EPOCHS = {100: 1000, 500: 200, 1000: 100, 2000: 50, 4000: 25}
+LOW_RESOURCE_EVAL_STEPS = 250  # the paper evaluates every 250 steps in its low-resource runs
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
