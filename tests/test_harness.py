@@ -81,7 +81,7 @@ class FakeTrain:
         self.calls: list[str] = []
         self.fail_lr, self.kill_at, self.ends = fail_lr, kill_at, ends or {}
 
-    def __call__(self, cmd: list[str], output_dir: Path) -> tuple[int, str]:
+    def __call__(self, cmd: list[str], output_dir: Path, env: dict | None = None) -> tuple[int, str]:
         lr = float(cmd[cmd.index("--lr") + 1])
         self.calls.append(f"{cmd[cmd.index('--task') + 1]}/{lr:g}")
         if self.kill_at is not None and len(self.calls) == self.kill_at:
@@ -137,13 +137,15 @@ class Together:
                  hold: dict[str, threading.Event] | None = None) -> None:
         self.barrier = threading.Barrier(parties, timeout=10)
         self.parties, self.ends, self.hold, self.started = parties, ends or {}, hold or {}, []
+        self.envs: dict[str, dict] = {}
         self.fake = FakeTrain()
 
-    def __call__(self, cmd: list[str], output_dir: Path) -> tuple[int, str]:
+    def __call__(self, cmd: list[str], output_dir: Path, env: dict | None = None) -> tuple[int, str]:
         lr = f"{float(cmd[cmd.index('--lr') + 1]):g}"
         self.started.append(lr)
+        self.envs[lr] = dict(env or {})
         if len(self.started) <= self.parties:
-            self.barrier.wait()  # BrokenBarrierError (a recorded crash) if the runs were not side by side
+            self.barrier.wait()  # BrokenBarrierError (a failed record) if the runs were not side by side
         if lr in self.hold:  # this run ends only once the event is set
             assert self.hold[lr].wait(timeout=10)
         if lr in self.ends:
@@ -163,6 +165,36 @@ def test_jobs_run_side_by_side_and_each_result_is_recorded(tmp_path: Path) -> No
     assert all(r["settings"]["jobs"] == 3 for r in saved.values())  # the report says times were side by side
     with pytest.raises(PeltError, match="jobs must be at least 1"):
         run_grid(specs, tmp_path, GridSettings(), jobs=0, runner=runner, log=lambda _: None)
+
+
+def test_each_job_slot_runs_on_its_own_device(tmp_path: Path) -> None:
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-4", "1e-3", "1e-2", "1e-1"], [42], [None])
+    runner = Together(2)
+    run_grid(specs, tmp_path, GridSettings(), jobs=2, devices=["0", "1"], runner=runner, log=lambda _: None)
+    first_two = {runner.envs[lr]["CUDA_VISIBLE_DEVICES"] for lr in runner.started[:2]}
+    assert first_two == {"0", "1"}  # side by side, so on different devices
+    assert all(env["CUDA_VISIBLE_DEVICES"] in {"0", "1"} for env in runner.envs.values())
+    alone = FakeTrain()
+    seen: list[dict] = []
+    run_grid(specs, tmp_path / "b", GridSettings(), jobs=3, devices=["3"], log=lambda _: None,
+             runner=lambda cmd, out, env: (seen.append(env), alone(cmd, out))[1])
+    assert seen == [{"CUDA_VISIBLE_DEVICES": "3"}] * 4
+    plain: list[dict] = []
+    run_grid(specs, tmp_path / "c", GridSettings(), log=lambda _: None,
+             runner=lambda cmd, out, env: (plain.append(env), alone(cmd, out))[1])
+    assert plain == [{}] * 4  # without devices the environment is left alone
+    with pytest.raises(PeltError, match="devices must be a non-empty list"):
+        run_grid(specs, tmp_path, GridSettings(), devices=[], runner=runner, log=lambda _: None)
+
+
+def test_a_device_reaches_the_real_child_process(tmp_path: Path) -> None:
+    import sys
+
+    from pelt.harness.sweep import _run_process
+
+    show = "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ.get('PATH') is not None)"
+    assert _run_process([sys.executable, "-c", show], tmp_path / "run", {"CUDA_VISIBLE_DEVICES": "5"})[0] == 0
+    assert (tmp_path / "run" / "train.log").read_text().split() == ["5", "True"]  # added to, not replacing, the env
 
 
 def test_an_interrupted_job_stops_new_runs_and_keeps_the_finished_ones(tmp_path: Path) -> None:
@@ -191,7 +223,7 @@ def test_an_interrupted_grid_stops_its_running_children_and_starts_no_more(tmp_p
     children = _Children()
     codes: list[int] = []
     child = threading.Thread(target=lambda: codes.append(_run_process(
-        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "run", children)[0]))
+        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "run", children=children)[0]))
     child.start()
     deadline = time.time() + 30
     while not children.alive() and time.time() < deadline:
@@ -203,7 +235,7 @@ def test_an_interrupted_grid_stops_its_running_children_and_starts_no_more(tmp_p
     assert not child.is_alive() and codes and codes[0] in INTERRUPTED_CODES
     assert time.time() - started < 10
     marker = tmp_path / "started"
-    late = _run_process([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], tmp_path / "late", children)
+    late = _run_process([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], tmp_path / "late", children=children)
     assert late[0] in INTERRUPTED_CODES and not marker.exists()
 
 
@@ -212,7 +244,7 @@ def test_a_broken_run_is_its_own_failure_and_its_siblings_are_recorded(tmp_path:
     specs = expand_grid(["hadamard"], ["rte"], ["1e-4", "1e-3", "1e-2"], [42], [None])
     fake = FakeTrain()
 
-    def runner(cmd: list[str], output_dir: Path) -> tuple[int, str]:
+    def runner(cmd: list[str], output_dir: Path, env: dict) -> tuple[int, str]:
         lr = float(cmd[cmd.index("--lr") + 1])
         if lr == 1e-4:
             raise OSError("No space left on device")
@@ -293,7 +325,7 @@ def test_run_command_carries_the_spec(tmp_path: Path) -> None:
                         low_resource=True, eval_steps=250)
     seen: list[list[str]] = []
     run_grid(specs, tmp_path, GridSettings("data", "model-dir", "compacter", ["--batch-size", "8"]),
-             runner=lambda cmd, out: (seen.append(cmd), (1, ""))[1], log=lambda _: None)
+             runner=lambda cmd, out, env: (seen.append(cmd), (1, ""))[1], log=lambda _: None)
     cmd = " ".join(seen[0])
     for part in ("--task sst2", "--method hadamard", "--lr 0.001", "--seed 7", "--split-protocol compacter",
                  "--top-k 2", "--no-train-layernorm", "--max-train-samples 100", "--epochs 1000", "--eval-steps 250",

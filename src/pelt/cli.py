@@ -186,9 +186,12 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
     sweep.add_argument("--train-args", default="", help="further `pelt train` flags for every run, quoted")
     sweep.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     sweep.add_argument("--jobs", type=int, default=1,
-                       help="runs at once (default 1): for a GPU with room for several runs of a small model; they "
-                            "share the visible devices and cores (set OMP_NUM_THREADS), and their times are then "
-                            "measured side by side")
+                       help="runs at once (default 1), e.g. several runs of a small model on one GPU; without "
+                            "--devices they share the visible devices, and all share the cores (set "
+                            "OMP_NUM_THREADS); their times are then measured side by side")
+    sweep.add_argument("--devices", nargs="+", default=None, metavar="ID",
+                       help="CUDA device ids to spread the job slots over, cycled (e.g. --jobs 8 --devices 0 1 2 3: "
+                            "two runs per GPU); each run sees its own device alone")
     sweep.add_argument("--title", default=None, help="title of the report")
 
     bench = sub.add_parser("bench", help="efficiency table: trained %%, step time, throughput, peak memory, "
@@ -408,7 +411,7 @@ def _sweep(args: argparse.Namespace) -> None:
     settings = GridSettings(args.data_dir, args.model, args.split_protocol, shlex.split(args.train_args))
     with sigterm_as_interrupt():
         records = run_grid(specs, args.grid_dir, settings, retry_failed=args.retry_failed, jobs=args.jobs,
-                           log=lambda line: print(line, flush=True))
+                           devices=args.devices, log=lambda line: print(line, flush=True))
     if any(r.get("status") == "ok" for r in records):
         title = args.title or f"Grid {Path(args.grid_dir).name}"
         print(f"report: {write_report(records, args.grid_dir, title=title)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -109,13 +110,15 @@ class _Children:
                 process.kill()
 
 
-def _run_process(cmd: list[str], output_dir: Path, children: _Children | None = None) -> tuple[int, str]:
-    """Run `pelt train`, its output in the run's folder (train.log, train.err); return the exit code and stderr.
-    A grid that is stopping starts nothing: the run comes back interrupted."""
+def _run_process(cmd: list[str], output_dir: Path, env: dict[str, str] | None = None,
+                 children: _Children | None = None) -> tuple[int, str]:
+    """Run `pelt train` (with `env` added to the environment), its output in the run's folder (train.log,
+    train.err); return the exit code and stderr. A grid that is stopping starts nothing: the run comes back
+    interrupted."""
     output_dir.mkdir(parents=True, exist_ok=True)
     children = children or _Children()
     with open(output_dir / "train.log", "w") as out, open(output_dir / "train.err", "w") as err:
-        process = children.start(cmd, stdout=out, stderr=err)
+        process = children.start(cmd, stdout=out, stderr=err, env={**os.environ, **env} if env else None)
         if process is None:
             return EXIT_INTERRUPTED, ""
         try:
@@ -185,16 +188,21 @@ def run_grid(
     *,
     retry_failed: bool = False,
     jobs: int = 1,
-    runner: Callable[[list[str], Path], tuple[int, str]] | None = None,
+    devices: list[str] | None = None,
+    runner: Callable[[list[str], Path, dict[str, str]], tuple[int, str]] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Run every spec that has no record yet, `jobs` at a time; return all records of the grid (old and new).
+    With `devices` (CUDA device ids), job slot i runs its runs on devices[i % len(devices)] alone
+    (CUDA_VISIBLE_DEVICES), so several GPUs share the grid.
 
     This process alone writes the results file, one line per finished run, in the order runs finish. Once a run
     comes back interrupted no further run starts; the ones already running are waited for (recorded if they
     finish), then KeyboardInterrupt is raised."""
     if jobs < 1:
         raise PeltError(f"jobs must be at least 1, got {jobs}")
+    if devices is not None and (not devices or not all(str(d).strip() for d in devices)):
+        raise PeltError(f"devices must be a non-empty list of CUDA device ids, got {devices}")
     folder = Path(grid_dir)
     (folder / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     results_file = folder / RESULTS_NAME
@@ -208,14 +216,22 @@ def run_grid(
         shared["jobs"] = jobs
 
     children = _Children()
-    run = runner or (lambda cmd, output_dir: _run_process(cmd, output_dir, children))
+    run = runner or (lambda cmd, output_dir, env: _run_process(cmd, output_dir, env, children))
+    free_slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for slot in range(jobs):
+        free_slots.put(slot)
 
     def execute(number: int, spec: RunSpec) -> tuple[int, str, float]:
         output_dir = folder / RUNS_DIR / spec.folder_name
-        log(f"[{number}/{len(todo)}] {spec.key}")
-        started = time.time()
-        code, stderr = run(_command(spec, settings, output_dir), output_dir)
-        return code, stderr, time.time() - started
+        slot = free_slots.get()  # never waits: at most `jobs` runs hold one
+        try:
+            env = {"CUDA_VISIBLE_DEVICES": str(devices[slot % len(devices)]).strip()} if devices else {}
+            log(f"[{number}/{len(todo)}] {spec.key}" + (f" (device {env['CUDA_VISIBLE_DEVICES']})" if env else ""))
+            started = time.time()
+            code, stderr = run(_command(spec, settings, output_dir), output_dir, env)
+            return code, stderr, time.time() - started
+        finally:
+            free_slots.put(slot)
 
     waiting = iter(enumerate(todo, 1))
     interrupted = False
