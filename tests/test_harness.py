@@ -488,9 +488,13 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
-def test_sigterm_to_a_sweep_stops_its_run_and_records_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """A scheduler's SIGTERM reaches the sweep alone: it interrupts its `pelt train` child, records nothing for
-    it, and exits as after Ctrl-C (130), so the restart runs it again."""
+@pytest.mark.parametrize("to_group, stop, jobs", [(False, signal.SIGTERM, 1), (True, signal.SIGINT, 2)],
+                         ids=["sigterm-to-the-sweep", "ctrl-c-to-the-terminal-with-jobs"])
+def test_a_stopped_sweep_ends_its_runs_and_records_nothing(tmp_path: Path, tiny_model_dir: Path, to_group: bool,
+                                                           stop: int, jobs: int) -> None:
+    """A scheduler's SIGTERM reaches the sweep alone; a Ctrl-C reaches the sweep and every child. Either way
+    the running `pelt train` children end, nothing is recorded for them, and the sweep exits as after Ctrl-C
+    (130), so the restart runs them again."""
     import os
     import subprocess
     import sys
@@ -499,17 +503,20 @@ def test_sigterm_to_a_sweep_stops_its_run_and_records_nothing(tmp_path: Path, ti
     data = write_sst2(tmp_path / "glue", separable_rows(40), separable_rows(20, seed=1))
     grid = tmp_path / "grid"
     sweep = subprocess.Popen(
-        [sys.executable, "-m", "pelt.cli", "sweep", "--grid-dir", str(grid), "--methods", "hadamard", "--tasks",
-         "sst2", "--lrs", "1e-2", "--model", str(tiny_model_dir), "--data-dir", str(data), "--split-protocol",
-         "standard", "--train-args", "--epochs 500 --batch-size 2"],
+        [sys.executable, "-m", "pelt.cli", "sweep", "--grid-dir", str(grid), "--methods", "hadamard", "bitfit",
+         "--tasks", "sst2", "--lrs", "1e-2", "--model", str(tiny_model_dir), "--data-dir", str(data),
+         "--split-protocol", "standard", "--jobs", str(jobs), "--train-args", "--epochs 500 --batch-size 2"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     run_dir = str(grid / "runs")
     deadline = time.time() + 60
-    while not _processes_mentioning(run_dir) and time.time() < deadline:
+    while len(_processes_mentioning(run_dir)) < jobs and time.time() < deadline:
         time.sleep(0.2)
-    assert _processes_mentioning(run_dir), "the pelt train child never started"
+    assert len(_processes_mentioning(run_dir)) == jobs, "the pelt train children never started"
     time.sleep(2)
-    sweep.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(sweep.pid, stop)  # the sweep leads its own session, as a shell's foreground job would
+    else:
+        sweep.send_signal(stop)
     try:
         output, _ = sweep.communicate(timeout=60)
     finally:
