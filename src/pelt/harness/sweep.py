@@ -3,7 +3,9 @@
 One process per run keeps each run's memory figure clean and a crash contained. Runs with a record are skipped,
 so a killed grid restarts where it stopped; a failed run is recorded with its error and the grid goes on
 (`retry_failed` runs it again). A run stopped from outside (Ctrl-C, SIGTERM, a closed terminal) is not a failure:
-it leaves no record and stops the grid, so the restart runs it again.
+it leaves no record and stops the grid, so the restart runs it again. Several runs may go at once (`jobs`, each
+job slot optionally on its own GPU): worker threads wait on the children, and the calling thread alone starts
+runs and writes records, so a stop is seen before any further run starts.
 """
 
 from __future__ import annotations
