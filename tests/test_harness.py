@@ -128,6 +128,11 @@ def test_a_killed_grid_restarts_with_only_what_is_missing(tmp_path: Path) -> Non
     records = run_grid(specs, tmp_path, GridSettings(), runner=resumed, log=lambda _: None)
     assert resumed.calls == ["rte/0.01", "rte/0.1"]
     assert len(records) == 4
+    # the cut-short line is gone, not glued to the next record: the file reads whole and a restart runs nothing
+    assert [r["learning_rate"] for r in read_records(tmp_path / "results.jsonl")] == [1e-4, 1e-3, 1e-2, 1e-1]
+    again = FakeTrain()
+    run_grid(specs, tmp_path, GridSettings(), runner=again, log=lambda _: None)
+    assert again.calls == []
 
 
 class Together:

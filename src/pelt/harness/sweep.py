@@ -149,6 +149,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _drop_cut_short_record(path: Path) -> bool:
+    """Remove a last line that a kill cut short (a record is written whole, newline last), so that the next record
+    starts on a line of its own; True if there was one."""
+    if not path.exists():
+        return False
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        handle.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
     """One line per record, flushed to disk before the next run starts."""
     with open(path, "a") as handle:
@@ -209,6 +222,8 @@ def run_grid(
     (folder / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     results_file = folder / RESULTS_NAME
     done = {r["key"]: r for r in read_records(results_file)}
+    if _drop_cut_short_record(results_file):
+        log(f"dropped the last line of {results_file}: a record cut short when the grid was killed")
     todo = [s for s in specs if s.key not in done or (retry_failed and done[s.key]["status"] == "failed")]
     log(f"grid: {len(specs)} runs, {len(specs) - len(todo)} already recorded, {len(todo)} to run"
         + (f", {jobs} at a time" if jobs > 1 else ""))
