@@ -709,7 +709,7 @@ def test_fine_tuned_reference_is_trained_once(tiny_reference, tmp_path):
 def test_ablation_grid_with_a_failing_run_goes_on(tmp_path):
     runs = analysis.layer_ablation("sst2", 3, ks=[1])
 
-    def runner(cmd: list[str], output_dir: Path) -> tuple[int, str]:
+    def runner(cmd: list[str], output_dir: Path, env: dict[str, str]) -> tuple[int, str]:
         if "--layers" in cmd and cmd[cmd.index("--layers") + 1] == "0":
             return 1, "pelt: error: boom\n"
         output_dir.mkdir(parents=True, exist_ok=True)
