@@ -10,7 +10,6 @@ training-set size (its Fig. 4).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics
@@ -149,7 +148,7 @@ def write_report(records: list[dict[str, Any]], folder: str | os.PathLike, *, ti
 
 def _learning_rate_table(records: list[dict[str, Any]], task: str, size: int | None, variants: list[str],
                          picks: dict[tuple[str, str], Selected]) -> list[str]:
-    """Validation score at every learning rate run (mean over seeds), the picked one in bold: how sensitive
+    """Validation score at every learning rate run (mean over seeds), each seed's pick in bold: how sensitive
     each method is to its learning rate. Empty when no method ran more than one."""
     scores: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
