@@ -197,8 +197,8 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="efficiency table: trained %%, step time, throughput, peak memory, "
                                          "largest batch in a memory budget, each method in its own process")
     bench.add_argument("--methods", nargs="+", required=True,
-                       help="methods (name or name:key=value:...); 'frozen' trains the head only; list full first "
-                            "for ratios")
+                       help="methods (name or name:key=value:...); 'frozen' trains the head only; include full for "
+                            "the ratios to it")
     _common_model_args(bench)
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--seq-len", type=int, default=128)
