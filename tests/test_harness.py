@@ -172,7 +172,8 @@ def test_jobs_run_side_by_side_and_each_result_is_recorded(tmp_path: Path) -> No
         run_grid(specs, tmp_path, GridSettings(), jobs=0, runner=runner, log=lambda _: None)
 
 
-def test_each_job_slot_runs_on_its_own_device(tmp_path: Path) -> None:
+def test_each_job_slot_runs_on_its_own_device(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # chosen by the caller: left alone
     specs = expand_grid(["hadamard"], ["rte"], ["1e-4", "1e-3", "1e-2", "1e-1"], [42], [None])
     runner = Together(2)
     run_grid(specs, tmp_path, GridSettings(), jobs=2, devices=["0", "1"], runner=runner, log=lambda _: None)
@@ -190,6 +191,28 @@ def test_each_job_slot_runs_on_its_own_device(tmp_path: Path) -> None:
     assert plain == [{}] * 4  # without devices the environment is left alone
     with pytest.raises(PeltError, match="devices must be a non-empty list"):
         run_grid(specs, tmp_path, GridSettings(), devices=[], runner=runner, log=lambda _: None)
+
+
+def test_runs_side_by_side_share_the_cores_unless_told(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-4", "1e-3"], [42], [None])
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen: list[dict] = []
+    fake = FakeTrain()
+    run_grid(specs, tmp_path / "a", GridSettings(), jobs=4, devices=["0"], log=lambda _: None,
+             runner=lambda cmd, out, env: (seen.append(env), fake(cmd, out))[1])
+    assert seen == [{"OMP_NUM_THREADS": "4", "CUDA_VISIBLE_DEVICES": "0"}] * 2
+    seen.clear()
+    run_grid(specs, tmp_path / "b", GridSettings(), log=lambda _: None,
+             runner=lambda cmd, out, env: (seen.append(env), fake(cmd, out))[1])
+    assert seen == [{}] * 2  # one at a time: torch's own default
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    seen.clear()
+    run_grid(specs, tmp_path / "c", GridSettings(), jobs=4, log=lambda _: None,
+             runner=lambda cmd, out, env: (seen.append(env), fake(cmd, out))[1])
+    assert seen == [{}] * 2  # the caller's choice is inherited
 
 
 def test_a_device_reaches_the_real_child_process(tmp_path: Path) -> None:

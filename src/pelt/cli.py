@@ -187,8 +187,8 @@ def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
     sweep.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     sweep.add_argument("--jobs", type=int, default=1,
                        help="runs at once (default 1), e.g. several runs of a small model on one GPU; without "
-                            "--devices they share the visible devices, and all share the cores (set "
-                            "OMP_NUM_THREADS); their times are then measured side by side")
+                            "--devices they share the visible devices; each gets an equal share of the cores "
+                            "(OMP_NUM_THREADS, unless set); their times are then measured side by side")
     sweep.add_argument("--devices", nargs="+", default=None, metavar="ID",
                        help="CUDA device ids to spread the job slots over, cycled (e.g. --jobs 8 --devices 0 1 2 3: "
                             "two runs per GPU); each run sees its own device alone")

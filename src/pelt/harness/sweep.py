@@ -209,7 +209,8 @@ def run_grid(
 ) -> list[dict[str, Any]]:
     """Run every spec that has no record yet, `jobs` at a time; return all records of the grid (old and new).
     With `devices` (CUDA device ids), job slot i runs its runs on devices[i % len(devices)] alone
-    (CUDA_VISIBLE_DEVICES), so several GPUs share the grid.
+    (CUDA_VISIBLE_DEVICES), so several GPUs share the grid. Runs side by side get an equal share of the cores
+    (OMP_NUM_THREADS) unless it is set already.
 
     This process alone writes the results file, one line per finished run, in the order runs finish. Once a run
     comes back interrupted no further run starts; the ones already running are waited for (recorded if they
@@ -234,6 +235,9 @@ def run_grid(
 
     children = _Children()
     run = runner or (lambda cmd, output_dir, env: _run_process(cmd, output_dir, env, children))
+    # Side by side, each run's torch would take every core: give each its share, unless the caller chose.
+    shared_env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))} \
+        if jobs > 1 and "OMP_NUM_THREADS" not in os.environ else {}
     free_slots: queue.SimpleQueue[int] = queue.SimpleQueue()
     for slot in range(jobs):
         free_slots.put(slot)
@@ -242,7 +246,9 @@ def run_grid(
         output_dir = folder / RUNS_DIR / spec.folder_name
         slot = free_slots.get()  # never waits: at most `jobs` runs hold one
         try:
-            env = {"CUDA_VISIBLE_DEVICES": str(devices[slot % len(devices)]).strip()} if devices else {}
+            env = dict(shared_env)
+            if devices:
+                env["CUDA_VISIBLE_DEVICES"] = str(devices[slot % len(devices)]).strip()
             log(f"[{number}/{len(todo)}] {spec.key}" + (f" (device {env['CUDA_VISIBLE_DEVICES']})" if env else ""))
             started = time.time()
             code, stderr = run(_command(spec, settings, output_dir), output_dir, env)
