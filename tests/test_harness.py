@@ -480,12 +480,16 @@ def test_report_says_once_when_runs_were_timed_side_by_side() -> None:
     from pelt.harness.report import _settings_lines
 
     shared = {"model": "m", "split_protocol": "compacter", "train_args": "--epochs 3"}
-    records = [{"settings": shared | {"jobs": 14}}, {"settings": shared | {"jobs": 15}}, {"settings": shared},
+    records = [{"settings": shared | {"jobs": 14}, "device": "cuda (H200)"},
+               {"settings": shared | {"jobs": 15}, "device": "cuda (H200)"},
+               {"settings": shared, "device": "cpu (2 cores, x86_64)"},
+               {"settings": shared | {"train_args": ""}, "device": "cpu (2 cores, x86_64)"},
                {"settings": shared | {"train_args": ""}}]
     assert _settings_lines(records) == [
-        "Runs: m, split protocol compacter.",
-        "Runs: m, split protocol compacter, `pelt train --epochs 3`; with up to 15 runs at a time (`--jobs 15`), so "
-        "times and ms/step may have been measured side by side.",
+        "Runs: m, split protocol compacter; on cpu (2 cores, x86_64).",
+        "Runs: m, split protocol compacter, `pelt train --epochs 3`; on cuda (H200) (2 runs), cpu (2 cores, x86_64) "
+        "(1 run); with up to 15 runs at a time (`--jobs 15`), so times and ms/step may have been measured side by "
+        "side.",
         "",
     ]
 

@@ -93,7 +93,8 @@ def run_info(model: str | None, data_dir: str | os.PathLike | None, split_protoc
         "split_protocol": split_protocol,
         "split_seed": split_seed,
         "max_train_samples": max_train_samples,
-        "device": "cuda" if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
+        "device": f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available()
+        else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
         "torch_threads": torch.get_num_threads(),
     }
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,12 +174,21 @@ def _settings_lines(records: list[dict[str, Any]]) -> list[str]:
     """What the runs shared (model, split protocol, `pelt train` flags), as recorded by `pelt sweep`; runs made
     several at a time (`pelt sweep --jobs`) are said to be, as their times were measured side by side."""
     most_jobs: dict[str, int] = {}
-    for settings in (r["settings"] for r in records if r.get("settings")):
+    devices: dict[str, Counter] = defaultdict(Counter)
+    for record in (r for r in records if r.get("settings")):
+        settings = record["settings"]
         flags = f", `pelt train {settings['train_args']}`" if settings.get("train_args") else ""
         shared = f"Runs: {settings['model']}, split protocol {settings['split_protocol']}{flags}"
         most_jobs[shared] = max(most_jobs.get(shared, 1), settings.get("jobs", 1))
-    lines = [shared + (f"; with up to {jobs} runs at a time (`--jobs {jobs}`), so times and ms/step may have been "
-                       "measured side by side" if jobs > 1 else "") + "." for shared, jobs in sorted(most_jobs.items())]
+        if record.get("device"):
+            devices[shared][record["device"]] += 1
+    lines = []
+    for shared, jobs in sorted(most_jobs.items()):
+        on = devices[shared]
+        where = "; on " + ", ".join(f"{d} ({n} run{'s' * (n != 1)})" if len(on) > 1 else d for d, n in on.most_common()) if on else ""
+        side_by_side = f"; with up to {jobs} runs at a time (`--jobs {jobs}`), so times and ms/step may have been " \
+            "measured side by side" if jobs > 1 else ""
+        lines.append(f"{shared}{where}{side_by_side}.")
     return [*lines, ""] if lines else []
 
 
