@@ -12,6 +12,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -248,6 +249,7 @@ def test_train_then_eval(capsys, tiny_model_dir, tiny_glue, tmp_path):
     assert 0.0 <= accuracy <= 1.0
     assert f"  validation: accuracy {accuracy:.4f}" in out
     assert results["task"] == "sst2" and results["method"] == "hadamard"
+    assert results["versions"]["torch"] == torch.__version__ and results["versions"]["pelt"] == pelt.__version__
     assert results["parameters"]["method_total"] == TINY_METHOD_TOTAL
     assert results["parameters"]["base_params"] == TINY_BASE_PARAMS
     assert results["parameters"]["head"] == TINY_HEAD

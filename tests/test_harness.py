@@ -205,6 +205,10 @@ def test_runs_side_by_side_share_the_cores_unless_told(tmp_path: Path, monkeypat
              runner=lambda cmd, out, env: (seen.append(env), fake(cmd, out))[1])
     assert seen == [{"OMP_NUM_THREADS": "4", "CUDA_VISIBLE_DEVICES": "0"}] * 2
     seen.clear()
+    run_grid(specs, tmp_path / "d", GridSettings(), jobs=2, log=lambda _: None,
+             runner=lambda cmd, out, env: (seen.append(env), fake(cmd, out))[1])
+    assert seen == [{"OMP_NUM_THREADS": "8"}] * 2  # no devices: the cores only
+    seen.clear()
     run_grid(specs, tmp_path / "b", GridSettings(), log=lambda _: None,
              runner=lambda cmd, out, env: (seen.append(env), fake(cmd, out))[1])
     assert seen == [{}] * 2  # one at a time: torch's own default

@@ -96,7 +96,18 @@ def run_info(model: str | None, data_dir: str | os.PathLike | None, split_protoc
         "device": f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available()
         else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
         "torch_threads": torch.get_num_threads(),
+        "versions": _versions(),
     }
+
+
+def _versions() -> dict[str, str]:
+    """What produced a run: scores move with library versions, so results say which ones."""
+    import transformers
+
+    import pelt
+
+    return {"pelt": pelt.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
 
 
 def load_adapted(

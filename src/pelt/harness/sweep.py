@@ -174,7 +174,7 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
     """What a report needs from a run's results.json (the full file stays in the run's folder)."""
     keep = ("metrics", "main_metric", "selection_split", "best_checkpoint", "history", "parameters",
             "train_seconds", "optimizer_steps", "ms_per_step", "peak_memory_mb", "memory_kind", "split_sizes",
-            "train_samples", "device")
+            "train_samples", "device", "versions")
     return {k: results.get(k) for k in keep}
 
 
@@ -249,7 +249,7 @@ def run_grid(
             env = dict(shared_env)
             if devices:
                 env["CUDA_VISIBLE_DEVICES"] = str(devices[slot % len(devices)]).strip()
-            log(f"[{number}/{len(todo)}] {spec.key}" + (f" (device {env['CUDA_VISIBLE_DEVICES']})" if env else ""))
+            log(f"[{number}/{len(todo)}] {spec.key}" + (f" (device {env['CUDA_VISIBLE_DEVICES']})" if devices else ""))
             started = time.time()
             code, stderr = run(_command(spec, settings, output_dir), output_dir, env)
             return code, stderr, time.time() - started
