@@ -24,6 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pelt.errors import EXIT_RUNS_FAILED
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
 # 3 epochs, batch 32, length-grouped batches, 6% warm-up (the protocol's 500 steps would be the whole run here);
@@ -59,9 +61,13 @@ BENCH_ARGS = ["--batch-size", "32", "--seq-len", "128", "--steps", "5", "--warmu
 
 
 def pelt(command: str, args: list[str]) -> None:
+    """Run a pelt command; a sweep whose failed runs are recorded (EXIT_RUNS_FAILED) lets the next group go on,
+    anything else that is not a success (bad input, Ctrl-C, a crash) ends this script with the same code."""
     cmd = [sys.executable, "-m", "pelt.cli", command, *args]
     print(f"[{command}]", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0 and not (command == "sweep" and code == EXIT_RUNS_FAILED):
+        sys.exit(code)
 
 
 def sweep(args: list[str]) -> None:

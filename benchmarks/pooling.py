@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pelt.errors import EXIT_RUNS_FAILED
 from pelt.harness import read_records, select_best
 
 RESULTS = Path(__file__).resolve().parent / "results" / "minilm_pooling"
@@ -67,7 +68,9 @@ def main() -> None:
                    "--max-train-samples", "sst2=2000", "--data-dir", args.data_dir,
                    "--train-args", f"{BASE_ARGS} {flag}", "--title", f"MiniLM, pooling: {name}"]
             print("[sweep]", " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True)
+            code = subprocess.run(cmd).returncode
+            if code not in (0, EXIT_RUNS_FAILED):  # failed runs are recorded and shown; anything else stops here
+                sys.exit(code)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "README.md").write_text(comparison(args.results_dir))
     print((args.results_dir / "README.md").read_text())

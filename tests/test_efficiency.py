@@ -90,3 +90,68 @@ def test_bench_can_replace_the_pooler(tiny_model_dir: Path, capsys) -> None:
                  "--pooling", "cls"]) == 2
     assert capsys.readouterr().err.strip() == ("pelt: error: --train-pooler trains BERT's pooler and --pooling cls "
                                                "removes it; pick one")
+
+
+def test_a_batch_that_cannot_run_counts_as_not_fitting() -> None:
+    """Out of memory, a probe reports no peak at all (inf): the search halves the bracket instead."""
+    crashes = lambda b: _measure(b, math.inf if b > 60 else 500 + 10 * b)  # noqa: E731
+    asked: list[int] = []
+    batch, peak = largest_batch(crashes(8), crashes(16), 2000, lambda b: (asked.append(b), crashes(b))[1])
+    assert asked[:2] == [150, 83] and 57 <= batch <= 60 and peak == 500 + 10 * batch
+    # the second point of the line already failed: bisect between the first and it
+    asked.clear()
+    batch, _ = largest_batch(crashes(40), crashes(80), 2000, lambda b: (asked.append(b), crashes(b))[1])
+    assert asked[0] == 60 and batch == 60
+    # the first batch is over the budget and the second cannot run: the search starts below the first
+    asked.clear()
+    batch, _ = largest_batch(crashes(16), crashes(64), 600, lambda b: (asked.append(b), crashes(b))[1])
+    assert asked[0] == 8 and batch == 10
+
+
+def _fake_measure(fail: set[tuple[str, int]]):
+    def measure(variant: str, model, batch: int, seq_len: int, steps: int, warmup: int, **_) -> StepMeasure:
+        from pelt.errors import PeltError
+
+        if (variant, batch) in fail or (variant, 0) in fail:
+            raise PeltError(f"measuring {variant} at batch {batch} failed: CUDA out of memory")
+        assert warmup >= 1  # a probe's peak includes the optimizer state, as every step after the first does
+        return StepMeasure(variant, batch, seq_len, 10.0, 100.0, 100.0 + batch, "cuda_allocator", 1.0, 10, "cuda", 1)
+    return measure
+
+
+def test_bench_survives_failed_probes_and_keeps_what_it_measured(monkeypatch, tmp_path: Path, capsys) -> None:
+    import pelt.harness.efficiency as efficiency
+
+    # Full is full (the ratios find it); a probe out of memory counts as not fitting; nothing fitting is null
+    monkeypatch.setattr(efficiency, "measure_in_subprocess", _fake_measure({("full", 64), ("bitfit", 64)}))
+    seen: list[int] = []
+    rows = efficiency_table(["Full", "bitfit"], None, batch_size=32, memory_budget_mb=150, log=lambda _: None,
+                            on_row=lambda so_far: seen.append(len(so_far)))
+    assert seen == [1, 2] and [r["variant"] for r in rows] == ["full", "bitfit"]
+    assert rows[0]["largest_batch"] == 50 and rows[1]["largest_batch_vs_full"] == 1.0
+    rows = efficiency_table(["full"], None, batch_size=32, memory_budget_mb=100, log=lambda _: None)
+    assert rows[0]["largest_batch"] == 0 and rows[0]["largest_batch_peak_mb"] is None
+    json.dumps(rows, allow_nan=False)  # valid JSON: no NaN
+    # a method whose own measurement fails stops the bench, and the table written so far stays
+    monkeypatch.setattr(efficiency, "measure_in_subprocess", _fake_measure({("bitfit", 0)}))
+    assert main(["bench", "--methods", "full", "bitfit", "--output-dir", str(tmp_path)]) == 2
+    assert "measuring bitfit at batch 32 failed: CUDA out of memory" in capsys.readouterr().err
+    text = (tmp_path / "efficiency.md").read_text()
+    assert "Partial: 1 of 2 methods measured so far." in text and "| full |" in text and "bitfit" not in text.split(
+        "\n", 1)[1]
+    assert [r["variant"] for r in json.loads((tmp_path / "efficiency.json").read_text())] == ["full"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--memory-budget-mb", "0"], "the memory budget must be a positive number of MB, got 0.0"),
+    (["--epoch-examples", "0"], "the examples per epoch must be at least 1, got 0"),
+    (["--warmup", "-1"], "the warm-up steps must be at least 0, got -1"),
+    (["--seq-len", "0"], "the sequence length must be at least 1, got 0"),
+])
+def test_bench_refuses_impossible_settings_before_measuring(flags: list[str], message: str, monkeypatch,
+                                                            capsys) -> None:
+    import pelt.harness.efficiency as efficiency
+
+    monkeypatch.setattr(efficiency, "measure_in_subprocess", _fake_measure(set()))
+    assert main(["bench", "--methods", "full", *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"pelt: error: {message}"

@@ -51,12 +51,33 @@ def test_low_resource_schedule() -> None:
         (["lora:rank=0"], ["ref"], "rank"),
         (["lora"], ["fast"], "neither a number nor ref"),
         (["lora"], ["ref+1"], r"write ref, ref\*10 or ref/10"),
-        (["lora"], ["-1e-3"], "must be positive"),
+        (["lora"], ["-1e-3"], "must be a positive number"),
+        (["lora"], ["inf"], "must be a positive number"),
+        (["lora"], ["nan"], "must be a positive number"),
+        (["compacter:n=2:rank=1", "compacter:rank=1:n=2"], ["ref"], "are the same configuration; list it once"),
+        (["lora", "lora:rank=8"], ["ref"], "'lora' and 'lora:rank=8' are the same configuration"),
     ],
 )
 def test_bad_grids_fail_before_any_run(methods, lrs, message) -> None:
     with pytest.raises(PeltError, match=message):
         expand_grid(methods, ["rte"], lrs, [42], [None])
+
+
+@pytest.mark.parametrize(("sizes", "seeds", "eval_steps", "message"), [
+    ([0], [42], None, "a training-set size must be at least 1, got 0"),
+    ({"rte": [100, -5]}, [42], None, "a training-set size must be at least 1, got -5"),
+    ([None], [-1], None, "a seed must be at least 0, got -1"),
+    ([None], [42], 0, "evaluation every 0 steps: it must be at least 1"),
+])
+def test_impossible_sizes_seeds_and_evaluation_steps_fail_before_any_run(sizes, seeds, eval_steps, message) -> None:
+    with pytest.raises(PeltError, match=message):
+        expand_grid(["lora"], ["rte"], ["ref"], seeds, sizes, eval_steps=eval_steps)
+
+
+def test_a_method_is_labelled_by_its_registry_name() -> None:
+    (spec,) = expand_grid(["LoRA:rank=4"], ["rte"], ["ref"], [42], [None])
+    assert (spec.variant, spec.key) == ("lora:rank=4", "rte/lora:rank=4/lr0.0005/seed42/nall")
+    assert len(expand_grid(["lora", "LoRA"], ["rte"], ["ref"], [42], [None])) == 1
 
 
 def test_parse_variant_types_options() -> None:
@@ -356,12 +377,13 @@ def test_run_command_carries_the_spec(tmp_path: Path) -> None:
     specs = expand_grid(["hadamard:top_k=2:train_layernorm=false"], ["sst2"], ["1e-3"], [7], [100],
                         low_resource=True, eval_steps=250)
     seen: list[list[str]] = []
-    run_grid(specs, tmp_path, GridSettings("data", "model-dir", "compacter", ["--batch-size", "8"]),
+    (tmp_path / "data").mkdir()
+    run_grid(specs, tmp_path, GridSettings(str(tmp_path / "data"), "model-dir", "compacter", ["--batch-size", "8"]),
              runner=lambda cmd, out, env: (seen.append(cmd), (1, ""))[1], log=lambda _: None)
     cmd = " ".join(seen[0])
     for part in ("--task sst2", "--method hadamard", "--lr 0.001", "--seed 7", "--split-protocol compacter",
                  "--top-k 2", "--no-train-layernorm", "--max-train-samples 100", "--epochs 1000", "--eval-steps 250",
-                 "--data-dir data", "--model model-dir", "--batch-size 8"):
+                 f"--data-dir {tmp_path / 'data'}", "--model model-dir", "--batch-size 8"):
         assert part in cmd
 
 
@@ -389,14 +411,50 @@ def test_learning_rate_is_picked_on_validation_not_test() -> None:
     assert (pick.learning_rate, pick.validation, pick.test) == (1e-2, 0.65, {"accuracy": 0.55})
 
 
-def test_seeds_are_selected_separately_then_averaged() -> None:
+def test_one_learning_rate_per_method_and_task_is_picked_on_the_seeds_mean() -> None:
+    # picked seed by seed, seed 1 would take 1e-4 (test 0.6) and seed 2 1e-3 (test 0.7): 0.65 belongs to no rate
     records = [
-        _record("full", "rte", 1e-4, 0.7, 0.60, seed=1), _record("full", "rte", 1e-3, 0.6, 0.90, seed=1),
+        _record("full", "rte", 1e-4, 0.9, 0.60, seed=1), _record("full", "rte", 1e-3, 0.6, 0.90, seed=1),
         _record("full", "rte", 1e-4, 0.5, 0.10, seed=2), _record("full", "rte", 1e-3, 0.6, 0.70, seed=2),
     ]
     (pick,) = select_best(records)
-    assert pick.learning_rates == [1e-4, 1e-3] and pick.test["accuracy"] == pytest.approx(0.65)
-    assert pick.seeds == 2
+    assert pick.learning_rate == 1e-4 and pick.validation == pytest.approx(0.7)
+    assert pick.test["accuracy"] == pytest.approx(0.35) and pick.seeds == 2
+
+
+def test_a_retried_run_counts_once_and_a_failed_candidate_is_marked(tmp_path: Path) -> None:
+    failed = {"key": "rte/full/lr0.001/seed42/nNone", "status": "failed", "variant": "full", "task": "rte",
+              "learning_rate": 1e-3, "seed": 42, "train_size": None, "error": "boom"}
+    retried = _record("full", "rte", 1e-3, 0.8, 0.7)
+    retried["key"] = failed["key"]
+    other = _record("full", "rte", 1e-4, 0.6, 0.5)
+    (pick,) = select_best([failed, other, retried])
+    assert (pick.learning_rate, pick.failed) == (1e-3, 0)
+    text = write_report([failed, other, retried], tmp_path).read_text()
+    assert "Failed runs" not in text and "†" not in text and "| full | 0.1000 | 70.0 | 70.0 |" in text
+    (pick,) = select_best([other, failed])
+    assert (pick.learning_rate, pick.failed) == (1e-4, 1)
+    text = write_report([other, failed], tmp_path).read_text()
+    assert "| 50.0 † |" in text and "† a run of this method and task failed" in text
+    assert "- `rte/full/lr0.001/seed42/nNone`: boom" in text
+
+
+def test_the_papers_one_rate_per_method_summary(tmp_path: Path) -> None:
+    # per task, rte prefers 1e-3 and mrpc 1e-4; over both tasks 1e-4 wins (mean validation 0.65 against 0.6)
+    records = [_record("lora", "rte", 1e-3, 0.61, 0.5), _record("lora", "rte", 1e-4, 0.60, 0.4),
+               _record("lora", "mrpc", 1e-3, 0.59, 0.3), _record("lora", "mrpc", 1e-4, 0.70, 0.6),
+               _record("lora", "rte", 1e-2, 0.99, 0.9),  # not run on mrpc: does not compete
+               _record("lora", "cola", 1e-3, 0.99, 0.9)]  # a task outside the summary: not counted
+    from pelt.harness import select_per_method
+
+    picks = {(s.task, s.learning_rate) for s in select_per_method(records, {"rte": None, "mrpc": None})}
+    assert picks == {("rte", 1e-4), ("mrpc", 1e-4)}
+    text = write_report(records[:4], tmp_path).read_text()  # per task: rte 1e-3, mrpc 1e-4
+    assert "| lora | 0.1000 | 50.0 | 60.0 | 55.0 |" in text  # per task: rte 1e-3, mrpc 1e-4
+    assert "## Summary, one learning rate per method" in text
+    assert "| lora | 0.1000 | 0.0001 | 40.0 | 60.0 | 50.0 |" in text
+    same = write_report([_record("lora", t, 1e-3, 0.6, 0.5) for t in ("rte", "mrpc")], tmp_path).read_text()
+    assert "one learning rate per method" not in same  # nothing to add when both rules agree
 
 
 def _hand_made_grid(folder: Path) -> Path:
@@ -416,7 +474,7 @@ def test_report_tables_and_both_figures_from_a_results_file(tmp_path: Path) -> N
     folder = _hand_made_grid(tmp_path / "grid")
     report = write_report(read_records(folder / "results.jsonl"), folder, title="Hand-made")
     text = report.read_text()
-    assert "| method | % trained | rte | mrpc | sst2 | average |" in text
+    assert "| method | % trained | rte | mrpc | sst2 (n=2,000) | average |" in text
     # full: rte 0.79, mrpc 0.79, sst2 (largest size 2000) 0.7 + 0.2 = 0.9 -> average 82.7
     assert "| full | 100.0000 | 79.0 | 79.0 | 90.0 | 82.7 |" in text
     # hadamard on sst2: 0.75 - 0.1 + n / 1e4 for n = 100, 500, 1000, 2000
@@ -453,7 +511,7 @@ def test_cli_sweep_runs_real_processes_and_records_a_failure(tmp_path: Path, tin
     code = main(["sweep", "--grid-dir", str(grid), "--methods", "hadamard", "compacter:n=3", "--tasks", "sst2",
                  "--lrs", "1e-2", "--model", str(tiny_model_dir), "--data-dir", str(data), "--jobs", str(jobs),
                  "--split-protocol", "standard", "--train-args", "--epochs 1 --batch-size 8"])
-    assert code == 0
+    assert code == 3  # a run failed: the grid went on, and the exit code says so
     records = {r["variant"]: r for r in read_records(grid / "results.jsonl")}
     assert records["hadamard"]["status"] == "ok" and "validation" in records["hadamard"]["metrics"]
     assert records["compacter:n=3"]["status"] == "failed"
@@ -464,8 +522,11 @@ def test_cli_sweep_runs_real_processes_and_records_a_failure(tmp_path: Path, tin
     report = (grid / "report.md").read_text()
     assert report.startswith("# Grid grid\n")
     assert f"Runs: {tiny_model_dir}, split protocol standard, `pelt train --epochs 1 --batch-size 8`" in report
-    assert "scores are that run's **validation** metrics" in report  # no test split under standard
-    assert "report:" in capsys.readouterr().out
+    assert "the scores are the **validation** metrics" in report  # no test split under standard
+    output = capsys.readouterr()
+    assert "report:" in output.out
+    assert output.err.strip().endswith("pelt: 1 of 2 runs failed (their errors are in "
+                                       f"{grid / 'report.md'}); fix the cause and rerun the command with --retry-failed")
 
 
 def test_a_run_whose_folder_vanishes_is_reported_not_a_crash(tmp_path: Path) -> None:
@@ -508,6 +569,9 @@ def test_a_curve_shows_a_method_with_one_size_so_far_but_a_fixed_size_grid_has_n
     assert curves["lines"][("sst2", "hadamard")] == {100: pytest.approx(0.6)}
     assert _curves(select_best([_record("full", "sst2", 1e-3, 0.8, 0.7, size=2000),
                                 _record("hadamard", "sst2", 1e-3, 0.8, 0.6, size=2000)])) == {}
+    # asked for 4,000 of a task with 2,490 training examples: the point sits where the training did
+    whole = [_record("full", "rte", 1e-3, 0.8, 0.7, size=n) | {"train_samples": min(n, 2490)} for n in (1000, 4000)]
+    assert _curves(select_best(whole))["sizes"] == [1000, 2490]
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -566,13 +630,13 @@ def test_a_stopped_sweep_ends_its_runs_and_records_nothing(tmp_path: Path, tiny_
     assert not read_records(grid / "results.jsonl")
 
 
-def test_every_seeds_pick_is_bold_in_the_learning_rate_table(tmp_path: Path) -> None:
-    records = [_record("full", "rte", 1e-4, 0.7, 0.6, seed=1), _record("full", "rte", 1e-3, 0.6, 0.6, seed=1),
+def test_the_pick_is_bold_in_the_learning_rate_table(tmp_path: Path) -> None:
+    records = [_record("full", "rte", 1e-4, 0.8, 0.6, seed=1), _record("full", "rte", 1e-3, 0.6, 0.6, seed=1),
                _record("full", "rte", 1e-4, 0.5, 0.6, seed=2), _record("full", "rte", 1e-3, 0.6, 0.6, seed=2),
                _record("hadamard", "rte", 1e-4, 0.5, 0.6), _record("hadamard", "rte", 1e-3, 0.6, 0.6)]
     text = write_report(records, tmp_path).read_text()
     assert "| method | 0.001 | 0.0001 |" in text
-    assert "| full | **60.0** | **60.0** |" in text and "| hadamard | **60.0** | 50.0 |" in text
+    assert "| full | 60.0 | **65.0** |" in text and "| hadamard | **60.0** | 50.0 |" in text
 
 
 def test_low_resource_sweep_defaults_to_the_papers_sizes_and_evaluation_steps() -> None:
@@ -590,3 +654,99 @@ def test_low_resource_sweep_defaults_to_the_papers_sizes_and_evaluation_steps() 
     assert [(s.train_size, s.eval_steps) for s in chosen] == [(100, 50), (500, 50)]
     plain = specs()
     assert [(s.train_size, s.epochs, s.eval_steps) for s in plain] == [(None, None, None)]
+
+
+@pytest.mark.parametrize(("extra", "low_resource", "clash"), [
+    (["--epochs", "3"], True, "--epochs"),  # the low-resource schedule sets the epochs of each size
+    (["--lr=0.1"], False, "--lr"),
+    (["--model", "x"], False, "--model"),
+    (["--no-train-bias"], False, "--no-train-bias"),  # the variant sets it
+])
+def test_train_args_may_not_set_what_the_grid_sets(tmp_path: Path, extra: list[str], low_resource: bool,
+                                                   clash: str) -> None:
+    specs = expand_grid(["hadamard:train_bias=true"], ["sst2"], ["ref"], [42], [100], low_resource=low_resource)
+    fake = FakeTrain()
+    with pytest.raises(PeltError, match=f"the extra `pelt train` flags set {clash}, which the grid sets for each run"):
+        run_grid(specs, tmp_path, GridSettings(extra_args=extra), runner=fake, log=lambda _: None)
+    assert fake.calls == [] and not (tmp_path / "results.jsonl").exists()
+    # flags the grid leaves alone pass through
+    run_grid(specs, tmp_path, GridSettings(extra_args=["--epochs", "3", "--eval-batch-size", "8"] if not low_resource
+                                           else ["--eval-batch-size", "8"]), runner=fake, log=lambda _: None)
+    assert len(fake.calls) == 1
+
+
+def test_a_grid_resumed_with_other_settings_is_refused(tmp_path: Path) -> None:
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-3", "1e-2"], [42], [None])
+    run_grid(specs[:1], tmp_path, GridSettings(extra_args=["--epochs", "3"]), runner=FakeTrain(), log=lambda _: None)
+    before = (tmp_path / "results.jsonl").read_bytes()
+    for settings, message in (
+            (GridSettings(extra_args=["--epochs", "20"]), "`pelt train` flags '--epochs 3', and this grid asks for "
+                                                          "'--epochs 20'"),
+            (GridSettings(model="other", extra_args=["--epochs", "3"]), "model bundled all-MiniLM-L6-v2, and this "
+                                                                        "grid asks for other"),
+            (GridSettings(split_protocol="standard", extra_args=["--epochs", "3"]), "split protocol compacter")):
+        fake = FakeTrain()
+        with pytest.raises(PeltError, match=f"holds run rte/hadamard/lr0.001/seed42/nall made with {message}"):
+            run_grid(specs, tmp_path, settings, runner=fake, log=lambda _: None)
+        assert fake.calls == []
+    assert (tmp_path / "results.jsonl").read_bytes() == before
+    # the same grid at other epochs or evaluation steps is another experiment too
+    with pytest.raises(PeltError, match="made with evaluation every N steps every epoch, and this grid asks for 50"):
+        run_grid(expand_grid(["hadamard"], ["rte"], ["1e-3"], [42], [None], eval_steps=50), tmp_path,
+                 GridSettings(extra_args=["--epochs", "3"]), runner=FakeTrain(), log=lambda _: None)
+    resumed = FakeTrain()
+    run_grid(specs, tmp_path, GridSettings(extra_args=["--epochs", "3"]), runner=resumed, log=lambda _: None)
+    assert resumed.calls == ["rte/0.01"]
+    # a failed run retried with the fix (other flags) replaces its record: not a mix
+    run_grid(specs, tmp_path / "f", GridSettings(), runner=FakeTrain(fail_lr=1e-3), log=lambda _: None)
+    fixed = FakeTrain()
+    with pytest.raises(PeltError, match="made with `pelt train` flags ''"):  # the 1e-2 run finished: kept as it is
+        run_grid(specs, tmp_path / "f", GridSettings(extra_args=["--batch-size", "8"]), runner=fixed,
+                 retry_failed=True, log=lambda _: None)
+    run_grid(specs[:1], tmp_path / "f", GridSettings(extra_args=["--batch-size", "8"]), runner=fixed,
+             retry_failed=True, log=lambda _: None)
+    assert fixed.calls == ["rte/0.001"]
+
+
+def test_one_sweep_at_a_time_per_grid_folder(tmp_path: Path) -> None:
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-3", "1e-2"], [42], [None])
+    inner: list[str] = []
+
+    def runner(cmd: list[str], output_dir: Path, env: dict) -> tuple[int, str]:
+        if not inner:  # a second sweep on the same folder while this one runs
+            with pytest.raises(PeltError, match=r"another pelt sweep \(pid \d+\) is running in"):
+                run_grid(specs, tmp_path, GridSettings(), runner=FakeTrain(), log=lambda _: None)
+            inner.append("refused")
+        return FakeTrain()(cmd, output_dir)
+
+    run_grid(specs, tmp_path, GridSettings(), runner=runner, log=lambda _: None)
+    assert inner == ["refused"] and len(read_records(tmp_path / "results.jsonl")) == 2
+    run_grid(specs, tmp_path, GridSettings(), runner=FakeTrain(), log=lambda _: None)  # released at the end
+
+
+def test_bad_grid_folders_data_folders_and_results_files(tmp_path: Path) -> None:
+    specs = expand_grid(["hadamard"], ["rte"], ["1e-3"], [42], [None])
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PeltError, match="is a file; pass a folder"):
+        run_grid(specs, tmp_path / "file", GridSettings(), runner=FakeTrain(), log=lambda _: None)
+    with pytest.raises(PeltError, match="data folder .*missing does not exist; pass --data-dir"):
+        run_grid(specs, tmp_path / "g", GridSettings(data_dir=str(tmp_path / "missing")), runner=FakeTrain(),
+                 log=lambda _: None)
+    (tmp_path / "results.jsonl").write_text('[1, 2]\n{"key": "a"}\n')
+    with pytest.raises(PeltError, match=r"results.jsonl:1 is not a run record; the results file is damaged"):
+        read_records(tmp_path / "results.jsonl")
+
+
+@pytest.mark.parametrize(("train_args", "message"), [
+    ("--epochs 'three", "--train-args \"--epochs 'three\": No closing quotation; give the flags as one quoted"),
+    ("--epochs 3x", "--train-args for method hadamard: argument --epochs: invalid float value: '3x'"),
+    ("--rank 4", "--train-args for method hadamard: unrecognized arguments: --rank 4"),
+    ("--se 7", "--train-args for method hadamard: unrecognized arguments: --se 7"),  # no abbreviations
+    ("--help", "--train-args cannot hold --help"),
+])
+def test_cli_sweep_checks_train_args_before_any_run(tmp_path: Path, train_args: str, message: str, capsys) -> None:
+    code = main(["sweep", "--grid-dir", str(tmp_path / "g"), "--methods", "hadamard", "--tasks", "rte",
+                 f"--train-args={train_args}"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().startswith(f"pelt: error: {message}")
+    assert not (tmp_path / "g").exists()

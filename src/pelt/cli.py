@@ -15,7 +15,14 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from pelt.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, PeltError
+from pelt.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, PeltError
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    """A parser whose errors are PeltErrors: for flags checked before anything runs (`pelt sweep --train-args`)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise PeltError(message)
 
 
 def _argument_type(parse: Any, example: str) -> Any:
@@ -87,13 +94,15 @@ def _common_model_args(parser: argparse.ArgumentParser) -> None:
                         help="local folder or hub name of the base model (default: the bundled all-MiniLM-L6-v2)")
 
 
-def _build_parser(method_name: str | None) -> argparse.ArgumentParser:
+def _build_parser(method_name: str | None,
+                  parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
     from pelt.methods import get_method, list_methods
 
-    parser = argparse.ArgumentParser(prog="pelt", description="parameter-efficient language-model tuning")
+    parser = parser_class(prog="pelt", description="parameter-efficient language-model tuning")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="fine-tune a model with a method on a task")
+    # no abbreviations: `--se 7` would set --seed behind the back of a sweep that sets it for each run
+    train = sub.add_parser("train", help="fine-tune a model with a method on a task", allow_abbrev=False)
     _common_model_args(train)
     train.add_argument("--method", default="hadamard", help=f"one of {', '.join(list_methods())} (default: hadamard)")
     train.add_argument("--task", required=True,
@@ -399,44 +408,90 @@ def _sweep_specs(args: argparse.Namespace) -> list[Any]:
                        low_resource=args.low_resource, eval_steps=eval_steps)
 
 
-def _sweep(args: argparse.Namespace) -> None:
+def _split_train_args(text: str) -> list[str]:
     import shlex
 
+    try:
+        extra = shlex.split(text)
+    except ValueError as e:
+        raise PeltError(f"--train-args {text!r}: {e}; give the flags as one quoted string, e.g. "
+                        "--train-args \"--epochs 3 --batch-size 32\"") from None
+    if any(t in ("-h", "--help") for t in extra):
+        raise PeltError("--train-args cannot hold --help; `pelt train --method NAME --help` lists the flags")
+    return extra
+
+
+def _checked_train_args(text: str, methods: set[str], task: str) -> list[str]:
+    """--train-args as `pelt train` flags, checked against each method's `pelt train` before any run starts (a typo
+    would otherwise fail every run of a grid, one after the other)."""
+    extra = _split_train_args(text)
+    for method in sorted(methods):
+        try:
+            _build_parser(method, _RaisingParser).parse_args(
+                ["train", "--task", task, "--output-dir", "run", "--method", method, *extra])
+        except PeltError as e:
+            raise PeltError(f"--train-args for method {method}: {e}") from None
+    return extra
+
+
+def _sweep(args: argparse.Namespace) -> int:
     from pelt.harness import GridSettings, run_grid, write_report
     from pelt.harness.sweep import sigterm_as_interrupt
 
     if args.jobs < 1:
         raise PeltError(f"--jobs must be at least 1, got {args.jobs}")
     specs = _sweep_specs(args)
-    settings = GridSettings(args.data_dir, args.model, args.split_protocol, shlex.split(args.train_args))
+    settings = GridSettings(args.data_dir, args.model, args.split_protocol,
+                            _checked_train_args(args.train_args, {s.method for s in specs}, specs[0].task))
     with sigterm_as_interrupt():
         records = run_grid(specs, args.grid_dir, settings, retry_failed=args.retry_failed, jobs=args.jobs,
                            devices=args.devices, log=lambda line: print(line, flush=True))
+    where = Path(args.grid_dir) / "results.jsonl"
     if any(r.get("status") == "ok" for r in records):
         title = args.title or f"Grid {Path(args.grid_dir).name}"
-        print(f"report: {write_report(records, args.grid_dir, title=title)}")
+        where = write_report(records, args.grid_dir, title=title)
+        print(f"report: {where}")
+    keys = {s.key for s in specs}
+    failed = [r for r in records if r["key"] in keys and r.get("status") == "failed"]
+    if failed:
+        print(f"pelt: {len(failed)} of {len(specs)} runs failed (their errors are in {where}); fix the cause and "
+              "rerun the command with --retry-failed", file=sys.stderr)
+        return EXIT_RUNS_FAILED
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> None:
     from pelt.harness.efficiency import efficiency_table, markdown
 
-    for name, value in (("batch-size", args.batch_size), ("seq-len", args.seq_len), ("steps", args.steps)):
-        if value < 1:
-            raise PeltError(f"--{name} must be at least 1, got {value}")
-    rows = efficiency_table(args.methods, args.model, batch_size=args.batch_size, seq_len=args.seq_len,
-                            steps=args.steps, warmup=args.warmup, memory_budget_mb=args.memory_budget_mb,
-                            epoch_examples=args.epoch_examples, train_pooler=args.train_pooler,
-                            pooling=args.pooling, log=lambda line: print(line, file=sys.stderr))
-    table = markdown(rows, memory_budget_mb=args.memory_budget_mb, epoch_examples=args.epoch_examples)
-    print(table)
-    if args.output_dir:
+    def table(rows: list[dict[str, Any]]) -> str:
+        return markdown(rows, memory_budget_mb=args.memory_budget_mb, epoch_examples=args.epoch_examples)
+
+    def save(rows: list[dict[str, Any]]) -> None:
+        """After each method, so that a bench stopped half-way keeps what it measured."""
+        if not args.output_dir:
+            return
         folder = Path(args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         shown = [a for i, a in enumerate(args.argv)  # the output folder is where the table is, not how it was made
                  if a != "--output-dir" and (i == 0 or args.argv[i - 1] != "--output-dir")]
         command = " ".join(["pelt", *(a if a and " " not in a else repr(a) for a in shown)])
-        (folder / "efficiency.md").write_text(f"Produced by `{command}`.\n\n{table}")
-        (folder / "efficiency.json").write_text(json.dumps(rows, indent=2) + "\n")
+        partial = "" if len(rows) == len(args.methods) else \
+            f"Partial: {len(rows)} of {len(args.methods)} methods measured so far.\n\n"
+        _write_atomically(folder / "efficiency.md", f"Produced by `{command}`.\n\n{partial}{table(rows)}")
+        _write_atomically(folder / "efficiency.json", json.dumps(rows, indent=2) + "\n")
+
+    rows = efficiency_table(args.methods, args.model, batch_size=args.batch_size, seq_len=args.seq_len,
+                            steps=args.steps, warmup=args.warmup, memory_budget_mb=args.memory_budget_mb,
+                            epoch_examples=args.epoch_examples, train_pooler=args.train_pooler,
+                            pooling=args.pooling, log=lambda line: print(line, file=sys.stderr), on_row=save)
+    print(table(rows))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A kill mid-write leaves the previous file, never half of the new one."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -472,8 +527,6 @@ def _layer_list(text: str) -> list[int]:
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    import shlex
-
     from pelt import analysis
 
     out = Path(args.output_dir)
@@ -507,15 +560,19 @@ def _analyze(args: argparse.Namespace) -> None:
             if not path.is_file():
                 raise PeltError(f"--reference {args.reference}: no results.json there; pass a `pelt train` run folder")
             reference = json.loads(path.read_text())
-        settings = GridSettings(args.data_dir, args.model, args.split_protocol, shlex.split(args.train_args))
+        settings = GridSettings(args.data_dir, args.model, args.split_protocol,
+                                _checked_train_args(args.train_args, {r.spec.method for r in runs}, args.task))
         analysis.run_ablation(runs, out, settings, retry_failed=args.retry_failed)
         write = analysis.write_layer_report if args.analysis == "layers" else analysis.write_module_report
         print(write(runs, out, Path(args.report_dir or out), reference=reference))
     elif args.analysis == "shared":
         sizes = _named_values(args.max_train_samples, "--max-train-samples", number=True)
         train_argv = ["train", "--task", args.tasks[0], "--method", args.method, "--output-dir", str(out),
-                      *shlex.split(args.train_args)]
-        train_args = _build_parser(args.method).parse_args(train_argv)
+                      *_split_train_args(args.train_args)]
+        try:
+            train_args = _build_parser(args.method, _RaisingParser).parse_args(train_argv)
+        except PeltError as e:
+            raise PeltError(f"--train-args: {e}") from None
         print(analysis.analyze_shared(args.tasks, _method_config(train_args, args.method), _train_config(train_args),
                                       out, model=args.model, data_dir=args.data_dir, max_train_samples=sizes or None,
                                       train_pooler=train_args.train_pooler, pooling=train_args.pooling,
@@ -571,8 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = _build_parser(_method_from_argv(argv))
         args = parser.parse_args(argv)
         args.argv = argv
-        {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
-         "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args)
+        code = {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
+                "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args) or 0
     except PeltError as e:
         print(f"pelt: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT

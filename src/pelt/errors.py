@@ -5,6 +5,7 @@ and how to fix it, without relying on a traceback.
 """
 
 EXIT_BAD_INPUT = 2  # the CLI's exit code for a PeltError
+EXIT_RUNS_FAILED = 3  # `pelt sweep` when runs of its grid failed, each recorded (1 stays Python's for a crash)
 EXIT_INTERRUPTED = 130  # and for Ctrl-C (128 + SIGINT, as shells report it); the sweep reads it as "stopped"
 
 

@@ -12,6 +12,7 @@ measurement; one that does not fit brackets the answer, which the search narrows
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pelt.errors import PeltError
-from pelt.harness.grid import parse_variant, variant_config
+from pelt.harness.grid import parse_variant, variant_config, variant_label
 
 __all__ = ["FROZEN", "StepMeasure", "efficiency_table", "measure_in_subprocess", "measure_step"]
 
@@ -127,7 +128,10 @@ def largest_batch(first: StepMeasure, second: StepMeasure, budget_mb: float, mea
     high: tuple[int, float] | None = None  # the smallest batch measured not to fit
     (b1, p1), (b2, p2) = sorted([(first.batch_size, first.peak_memory_mb), (second.batch_size, second.peak_memory_mb)])
     slope = (p2 - p1) / (b2 - b1) if b2 != b1 else 0.0
-    guess = min(int(b1 + (budget_mb - p1) / slope) if slope > 0 else max_batch, max_batch)
+    guess = min(int(b1 + (budget_mb - p1) / slope) if 0 < slope < math.inf else max_batch, max_batch)
+    if not math.isfinite(p2):  # the larger batch could not run at all (out of memory): halve the bracket
+        high = (b1, p1) if p1 > budget_mb else (b2, p2)
+        guess = (low + high[0]) // 2
     for _ in range(attempts):
         if guess <= low or (high is not None and guess >= high[0]):
             break
@@ -144,7 +148,8 @@ def largest_batch(first: StepMeasure, second: StepMeasure, budget_mb: float, mea
             break
         base_peak = low_peak if low else 0.0
         step = (high[1] - base_peak) / (high[0] - low) if high[0] > low else 0.0
-        guess = low + int((budget_mb - base_peak) / step) if step > 0 else (low + high[0]) // 2
+        # a batch that could not run at all (out of memory) has no peak to draw a line through: halve the bracket
+        guess = low + int((budget_mb - base_peak) / step) if 0 < step < math.inf else (low + high[0]) // 2
         guess = max(low + 1, min(guess, high[0] - 1))
         if low and guess - low < max(1, low // 50):  # the line says the budget is all but used: stop
             break
@@ -154,14 +159,23 @@ def largest_batch(first: StepMeasure, second: StepMeasure, budget_mb: float, mea
 def efficiency_table(variants: list[str], model: str | None, *, batch_size: int = 32, seq_len: int = 128,
                      steps: int = 5, warmup: int = 2, memory_budget_mb: float | None = None,
                      epoch_examples: int | None = None, train_pooler: bool = False, pooling: str | None = None,
-                     log: Any = print) -> list[dict[str, Any]]:
-    """One row per variant (measured in its own processes), with ratios to full fine-tuning when it is listed."""
+                     log: Any = print, on_row: Any = None) -> list[dict[str, Any]]:
+    """One row per variant (measured in its own processes), with ratios to full fine-tuning when it is listed.
+    `on_row(rows)` is called after each method with the rows so far, so that a long bench stopped half-way
+    keeps what it measured."""
     if pooling is not None and train_pooler:
         raise PeltError(f"--train-pooler trains BERT's pooler and --pooling {pooling} removes it; pick one")
+    for name, value, least in (("batch size", batch_size, 1), ("sequence length", seq_len, 1), ("steps", steps, 1),
+                               ("warm-up steps", warmup, 0), ("examples per epoch", epoch_examples, 1)):
+        if value is not None and value < least:
+            raise PeltError(f"the {name} must be at least {least}, got {value}")
+    if memory_budget_mb is not None and not (0 < memory_budget_mb < math.inf):
+        raise PeltError(f"the memory budget must be a positive number of MB, got {memory_budget_mb}")
+    variants = [v if v == FROZEN else variant_label(v) for v in variants]  # `Full` is full: the ratios find it
     for variant in variants:
         if variant != FROZEN:
             parse_variant(variant)  # fail on a bad name before measuring anything
-    rows = []
+    rows: list[dict[str, Any]] = []
     for variant in variants:
         log(f"measuring {variant} at batch {batch_size} x {seq_len}")
         main = measure_in_subprocess(variant, model, batch_size, seq_len, steps, warmup, train_pooler=train_pooler,
@@ -171,19 +185,30 @@ def efficiency_table(variants: list[str], model: str | None, *, batch_size: int 
             row["epoch_minutes"] = round(main.ms_per_step * math.ceil(epoch_examples / batch_size) / 60000, 2)
         if memory_budget_mb:
             def measure(b: int) -> StepMeasure:
+                # one step after one warm-up step: the optimizer's state exists by then, as in every later step
                 log(f"  {variant}: peak at batch {b}")
-                return measure_in_subprocess(variant, model, b, seq_len, 1, 0, train_pooler=train_pooler,
-                                             pooling=pooling)
+                try:
+                    return measure_in_subprocess(variant, model, b, seq_len, 1, 1, train_pooler=train_pooler,
+                                                 pooling=pooling)
+                except PeltError as error:  # e.g. out of memory: the search is looking for where that starts
+                    log(f"  {variant}: batch {b} did not run ({error}); counted as not fitting")
+                    return dataclasses.replace(main, batch_size=b, peak_memory_mb=math.inf)
             second = measure(2 * batch_size)
-            row["largest_batch"], row["largest_batch_peak_mb"] = largest_batch(main, second, memory_budget_mb,
-                                                                               measure)
+            largest, peak = largest_batch(main, second, memory_budget_mb, measure)
+            row["largest_batch"], row["largest_batch_peak_mb"] = largest, peak if math.isfinite(peak) else None
         rows.append(row)
+        _ratios_to_full(rows)
+        if on_row is not None:
+            on_row(rows)
+    return rows
+
+
+def _ratios_to_full(rows: list[dict[str, Any]]) -> None:
     full = next((r for r in rows if r["variant"] == "full"), None)
     for row in rows:
         for key in ("ms_per_step", "peak_memory_mb", "examples_per_second", "largest_batch"):
             if full and key in row and full.get(key):
                 row[f"{key}_vs_full"] = round(row[key] / full[key], 3)
-    return rows
 
 
 def markdown(rows: list[dict[str, Any]], *, memory_budget_mb: float | None, epoch_examples: int | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from pelt.methods.base import parse_option
 from pelt.tasks import get_task
 
 __all__ = ["LOW_RESOURCE_EPOCHS", "LOW_RESOURCE_EVAL_STEPS", "RunSpec", "expand_grid", "parse_variant",
-           "read_records", "resolve_lr", "variant_config"]
+           "read_records", "resolve_lr", "variant_config", "variant_label"]
 
 # The Compacter paper's low-resource schedule (its Fig. 4): training-set size -> epochs (~100k examples seen).
 LOW_RESOURCE_EPOCHS = {100: 1000, 500: 200, 1000: 100, 2000: 50, 4000: 25}
@@ -42,6 +43,12 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
         options[key] = tuple(value) if isinstance(value, list) else value  # hashable, for RunSpec
     variant_config(method.name, options)  # validate now, not in the middle of a grid
     return method.name, options
+
+
+def variant_label(text: str) -> str:
+    """A variant's label in keys and reports: as written, under the method's registry name (`LoRA` -> `lora`)."""
+    name, sep, rest = text.strip().partition(":")
+    return get_method(name).name + sep + rest
 
 
 def variant_config(method: str, options: dict[str, Any]) -> Any:
@@ -68,8 +75,8 @@ def resolve_lr(text: str, method: str, options: dict[str, Any]) -> float:
         value = float(text)
     except ValueError:
         raise PeltError(f"learning rate {text!r} is neither a number nor ref, ref*10, ref/10") from None
-    if not value > 0:
-        raise PeltError(f"learning rate must be positive, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise PeltError(f"learning rate must be a positive number, got {text}")
     return value
 
 
@@ -126,7 +133,20 @@ def expand_grid(
     task or a list per task. `low_resource` sets the paper's epochs per training-set size."""
     if not methods or not tasks or not learning_rates or not seeds:
         raise PeltError("a grid needs at least one method, task, learning rate and seed")
-    parsed = [(text, *parse_variant(text)) for text in methods]
+    parsed = [(variant_label(text), *parse_variant(text)) for text in methods]
+    seen: dict[str, str] = {}
+    for variant, method, options in parsed:  # compared as whole configs: `lora` is `lora:rank=8` (the default)
+        same = seen.setdefault(f"{method} {variant_config(method, options)!r}", variant)
+        if same != variant:
+            raise PeltError(f"methods {same!r} and {variant!r} are the same configuration; list it once")
+    all_sizes = [n for group in (train_sizes.values() if isinstance(train_sizes, dict) else [train_sizes])
+                 for n in group if n is not None]
+    if any(n < 1 for n in all_sizes):
+        raise PeltError(f"a training-set size must be at least 1, got {min(all_sizes)}")
+    if any(seed < 0 for seed in seeds):
+        raise PeltError(f"a seed must be at least 0, got {min(seeds)}")
+    if eval_steps is not None and eval_steps < 1:
+        raise PeltError(f"evaluation every {eval_steps} steps: it must be at least 1")
     task_names = [get_task(t).name for t in tasks]
     specs: list[RunSpec] = []
     for task in task_names:
@@ -157,9 +177,13 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):
                 continue
-            raise PeltError(f"{file}:{number} is not a JSON record; the results file is damaged") from None
+            record = None
+        if not isinstance(record, dict) or "key" not in record:
+            raise PeltError(f"{file}:{number} is not a run record; the results file is damaged (a record is a JSON "
+                            "object with a key, as `pelt sweep` writes)")
+        records.append(record)
     return records

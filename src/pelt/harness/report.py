@@ -1,11 +1,12 @@
 """From a grid's records to the papers' tables and figures.
 
-Selection follows the Compacter paper: for each method, task, seed and training-set size, the learning rate
-whose best checkpoint scores highest on the validation split wins, and its test score is reported (never the
-test score that happens to be highest). Scores are then averaged over seeds. Written next to the results:
-report.md (a table per task, a summary table in the papers' layout with an average column) and two figures:
-score vs % trained parameters with peak memory as marker size (the Compacter paper's Fig. 2) and score vs
-training-set size (its Fig. 4).
+Selection follows the Compacter paper: for each method, task and training-set size, the learning rate whose
+best checkpoints score highest on the validation split (mean over seeds) wins, and the test scores of its runs
+are reported, averaged over seeds (never the test score that happens to be highest). The paper picks one rate
+per method for all tasks (its Table 5); the report adds that table too. Written next to the results: report.md
+(a table per task, a summary table in the papers' layout with an average column) and two figures: score vs %
+trained parameters with peak memory as marker size (the Compacter paper's Fig. 2) and score vs training-set
+size (its Fig. 4).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from pelt.errors import PeltError
 
-__all__ = ["Selected", "select_best", "write_report"]
+__all__ = ["Selected", "latest_records", "select_best", "select_per_method", "write_report"]
 
 
 @dataclass
@@ -30,45 +31,91 @@ class Selected:
     variant: str
     task: str
     train_size: int | None
-    learning_rate: float  # of the first seed (seeds may pick different ones: all are in `learning_rates`)
-    learning_rates: list[float]
-    validation: float  # main metric on the selection split, mean over seeds
-    test: dict[str, float]  # every test metric, mean over seeds
+    learning_rate: float
+    validation: float  # main metric on the selection split, mean over the seeds at the chosen rate
+    test: dict[str, float]  # every test metric, mean over those seeds
     test_split: str
     main_metric: str
     method_percent: float
     peak_memory_mb: float | None
     ms_per_step: float | None
     seeds: int
+    failed: int = 0  # failed runs of this method, task and size: the pick is among the others
+    train_samples: int | None = None  # examples actually trained on (a subsample larger than the set is the set)
 
 
 def _main(record: dict[str, Any], split: str) -> float:
     return float(record["metrics"][split][record["main_metric"]])
 
 
-def select_best(records: list[dict[str, Any]]) -> list[Selected]:
-    """Pick each (method, task, size, seed)'s learning rate by validation; average the picks over seeds."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+def latest_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per run, the last one written (a failed run retried with --retry-failed has two)."""
+    return list({r.get("key", id(r)): r for r in records}.values())
+
+
+def _candidates(records: list[dict[str, Any]]) -> dict[tuple, dict[float, list[dict[str, Any]]]]:
+    """(variant, task, size) -> learning rate -> its finished runs (one per seed)."""
+    groups: dict[tuple, dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         if record.get("status") == "ok":
-            groups[(record["variant"], record["task"], record["train_size"], record["seed"])].append(record)
-    picks: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for (variant, task, size, _), runs in groups.items():
-        best = max(runs, key=lambda r: (_main(r, r["selection_split"]), -r["learning_rate"]))
-        picks[(variant, task, size)].append(best)
+            groups[(record["variant"], record["task"], record["train_size"])][record["learning_rate"]].append(record)
+    return groups
+
+
+def _mean_validation(runs: list[dict[str, Any]]) -> float:
+    return statistics.fmean(_main(r, r["selection_split"]) for r in runs)
+
+
+def _selected(variant: str, task: str, size: int | None, lr: float, runs: list[dict[str, Any]],
+              failed: int) -> Selected:
+    first = runs[0]
+    report_split = "test" if "test" in first["metrics"] else first["selection_split"]
+    test = {k: statistics.fmean(r["metrics"][report_split][k] for r in runs)
+            for k in first["metrics"][report_split] if k != "invalid"}
+    memory = [r["peak_memory_mb"] for r in runs if r.get("peak_memory_mb")]
+    speed = [r["ms_per_step"] for r in runs if r.get("ms_per_step")]
+    return Selected(variant, task, size, lr, _mean_validation(runs), test, report_split, first["main_metric"],
+                    first["parameters"]["method_percent"], statistics.fmean(memory) if memory else None,
+                    statistics.fmean(speed) if speed else None, len(runs), failed, first.get("train_samples"))
+
+
+def _failed_counts(records: list[dict[str, Any]]) -> Counter:
+    return Counter((r.get("variant"), r.get("task"), r.get("train_size")) for r in records
+                   if r.get("status") == "failed")
+
+
+def select_best(records: list[dict[str, Any]]) -> list[Selected]:
+    """Each (method, task, size)'s learning rate by its mean validation score over seeds (ties: the smaller
+    rate); the test scores of that rate's runs, averaged."""
+    records = latest_records(records)
+    failed = _failed_counts(records)
     selected = []
-    for (variant, task, size), runs in picks.items():
-        first = runs[0]
-        report_split = "test" if "test" in first["metrics"] else first["selection_split"]
-        test = {k: statistics.fmean(r["metrics"][report_split][k] for r in runs)
-                for k in first["metrics"][report_split] if k != "invalid"}
-        memory = [r["peak_memory_mb"] for r in runs if r.get("peak_memory_mb")]
-        speed = [r["ms_per_step"] for r in runs if r.get("ms_per_step")]
-        selected.append(Selected(
-            variant, task, size, first["learning_rate"], [r["learning_rate"] for r in runs],
-            statistics.fmean(_main(r, r["selection_split"]) for r in runs), test, report_split,
-            first["main_metric"], first["parameters"]["method_percent"],
-            statistics.fmean(memory) if memory else None, statistics.fmean(speed) if speed else None, len(runs)))
+    for (variant, task, size), by_lr in _candidates(records).items():
+        lr = max(by_lr, key=lambda rate: (_mean_validation(by_lr[rate]), -rate))
+        selected.append(_selected(variant, task, size, lr, by_lr[lr], failed[(variant, task, size)]))
+    return selected
+
+
+def select_per_method(records: list[dict[str, Any]], sizes: dict[str, int | None]) -> list[Selected]:
+    """The Compacter paper's rule (its Table 5): one learning rate per method for every task, the one whose mean
+    validation score over the tasks (each at `sizes[task]`, seeds averaged) is highest; only rates run on every
+    task of the method compete."""
+    records = latest_records(records)
+    failed = _failed_counts(records)
+    candidates = _candidates(records)
+    by_variant: dict[str, dict[str, dict[float, list[dict[str, Any]]]]] = defaultdict(dict)
+    for (variant, task, size), by_lr in candidates.items():
+        if task in sizes and size == sizes[task]:
+            by_variant[variant][task] = by_lr
+    selected = []
+    for variant, tasks in by_variant.items():
+        shared = set.intersection(*(set(by_lr) for by_lr in tasks.values()))
+        if not shared:
+            continue
+        lr = max(shared, key=lambda rate: (statistics.fmean(_mean_validation(by_lr[rate]) for by_lr in tasks.values()),
+                                           -rate))
+        selected += [_selected(variant, task, sizes[task], lr, by_lr[lr], failed[(variant, task, sizes[task])])
+                     for task, by_lr in tasks.items()]
     return selected
 
 
@@ -82,53 +129,83 @@ def _order(names: list[str], first: str = "full") -> list[str]:
     return sorted(names, key=lambda n: (n != first, n))
 
 
+def _task_label(task: str, size: int | None) -> str:
+    return task if size is None else f"{task} (n={size:,})"
+
+
+def _cell(pick: Selected) -> str:
+    return _score(pick.test, pick.main_metric) + (" †" if pick.failed else "")
+
+
+def _summary_rows(variants: list[str], tasks: list[str], picks: dict[tuple[str, str], Selected], *,
+                  with_lr: bool = False) -> tuple[list[str], dict[str, float]]:
+    """A row per method (tasks, then the average of the main metrics when every task is there)."""
+    rows, averages = [], {}
+    for variant in variants:
+        found = [picks.get((variant, task)) for task in tasks]
+        present = [p for p in found if p]
+        if not present:
+            continue
+        cells = [_cell(p) if p else "–" for p in found]
+        complete = len(present) == len(tasks)
+        averages[variant] = statistics.fmean(p.test[p.main_metric] for p in present) if complete else math.nan
+        average = f"{100 * averages[variant]:.1f}" if complete else "–"
+        lr = [f"{present[0].learning_rate:g}"] if with_lr else []
+        rows.append("| " + " | ".join([variant, f"{present[0].method_percent:.4f}", *lr, *cells, average]) + " |")
+    return rows, averages
+
+
 def write_report(records: list[dict[str, Any]], folder: str | os.PathLike, *, title: str = "Grid results") -> Path:
     """report.md plus scores_vs_params.png and (with several training-set sizes) scores_vs_train_size.png."""
+    records = latest_records(records)
     selected = select_best(records)
     if not selected:
         raise PeltError(f"no finished runs to report in {folder}; run the grid first")
     folder = Path(folder)
     failed = [r for r in records if r.get("status") == "failed"]
-    full_size = [s for s in selected if s.train_size == _common_size(selected, s.task)]
+    sizes = {s.task: _common_size(selected, s.task) for s in selected}
+    full_size = [s for s in selected if s.train_size == sizes[s.task]]
     tasks = list(dict.fromkeys(s.task for s in full_size))
     variants = _order(list(dict.fromkeys(s.variant for s in full_size)))
-    split = full_size[0].test_split
+    splits = {s.task: s.test_split for s in full_size}
+    split = next(iter(splits.values())) if len(set(splits.values())) == 1 else \
+        ", ".join(f"{t}: {sp}" for t, sp in splits.items())
+    labels = [_task_label(t, sizes[t]) for t in tasks]
+    by_key = {(s.variant, s.task): s for s in full_size}
     lines = [f"# {title}", "",
-             f"Each method's learning rate is picked on the validation split (best checkpoint's main metric); the "
-             f"scores are that run's **{split}** metrics (×100), averaged over seeds. Written by `pelt report`.", "",
+             f"Each method's learning rate is picked per task on the validation split (best checkpoint's main "
+             f"metric, mean over seeds); the scores are the **{split}** metrics (×100) of that rate's runs, "
+             f"averaged over seeds. Written by `pelt report`.", "",
              *_settings_lines(records),
              "## Summary", "",
-             "| method | % trained | " + " | ".join(tasks) + " | average |",
+             "| method | % trained | " + " | ".join(labels) + " | average |",
              "|---|---|" + "---|" * len(tasks) + "---|"]
-    by_key = {(s.variant, s.task): s for s in full_size}
-    averages: dict[str, float] = {}
-    for variant in variants:
-        cells, mains = [], []
-        for task in tasks:
-            pick = by_key.get((variant, task))
-            cells.append(_score(pick.test, pick.main_metric) if pick else "–")
-            if pick:
-                mains.append(pick.test[pick.main_metric])
-        complete = len(mains) == len(tasks)
-        averages[variant] = statistics.fmean(mains) if complete else math.nan
-        percent = next(s.method_percent for s in full_size if s.variant == variant)
-        average = f"{100 * averages[variant]:.1f}" if complete else "–"
-        lines.append(f"| {variant} | {percent:.4f} | " + " | ".join(cells) + f" | {average} |")
-    for task in tasks:
+    rows, averages = _summary_rows(variants, tasks, by_key)
+    lines += rows
+    if any(s.failed for s in full_size):
+        lines += ["", "† a run of this method and task failed (listed at the end); the pick is among the others."]
+    per_method = {(s.variant, s.task): s for s in select_per_method(records, {t: sizes[t] for t in tasks})}
+    if len(tasks) > 1 and any(per_method.get(k, v).learning_rate != v.learning_rate for k, v in by_key.items()):
+        rows, _ = _summary_rows(variants, tasks, per_method, with_lr=True)
+        lines += ["", "## Summary, one learning rate per method", "",
+                  "The Compacter paper's rule (its Table 5): each method keeps the one learning rate whose mean "
+                  "validation score over these tasks is highest (only rates run on every task compete).", "",
+                  "| method | % trained | lr | " + " | ".join(labels) + " | average |",
+                  "|---|---|---|" + "---|" * len(tasks) + "---|", *rows]
+    for task, label in zip(tasks, labels):
         main = next(s.main_metric for s in full_size if s.task == task)
-        lines += ["", f"## {task}", "",
-                  f"| method | lr (picked on validation) | validation {main} | {split} | % trained | "
+        lines += ["", f"## {label}", "",
+                  f"| method | lr (picked on validation) | validation {main} | {splits[task]} | % trained | "
                   "peak memory MB | ms/step | seeds |",
                   "|---|---|---|---|---|---|---|---|"]
         for variant in variants:
             pick = by_key.get((variant, task))
             if pick is None:
                 continue
-            lrs = ", ".join(f"{lr:g}" for lr in pick.learning_rates)
-            lines.append(f"| {variant} | {lrs} | {100 * pick.validation:.1f} | {_score(pick.test, pick.main_metric)} | "
+            lines.append(f"| {variant} | {pick.learning_rate:g} | {100 * pick.validation:.1f} | {_cell(pick)} | "
                          f"{pick.method_percent:.4f} | {_fmt(pick.peak_memory_mb)} | {_fmt(pick.ms_per_step)} | "
                          f"{pick.seeds} |")
-        lines += _learning_rate_table(records, task, _common_size(selected, task), variants, by_key)
+        lines += _learning_rate_table(records, task, sizes[task], variants, by_key)
     curves = _curves(selected)
     if curves:
         lines += ["", "## Score vs training-set size", "", "| task | method | " +
@@ -138,7 +215,7 @@ def write_report(records: list[dict[str, Any]], folder: str | os.PathLike, *, ti
             cells = [f"{100 * points[n]:.1f}" if n in points else "–" for n in curves["sizes"]]
             lines.append(f"| {task} | {variant} | " + " | ".join(cells) + " |")
     if failed:
-        lines += ["", "## Failed runs", ""] + [f"- `{r['key']}`: {r['error']}" for r in failed]
+        lines += ["", "## Failed runs", ""] + [f"- `{r['key']}`: {r.get('error', '')}" for r in failed]
     figures = _plots(full_size, averages, curves, folder)
     lines += ["", *[f"![{name}]({name})" for name in figures]]
     path = folder / "report.md"
@@ -148,8 +225,8 @@ def write_report(records: list[dict[str, Any]], folder: str | os.PathLike, *, ti
 
 def _learning_rate_table(records: list[dict[str, Any]], task: str, size: int | None, variants: list[str],
                          picks: dict[tuple[str, str], Selected]) -> list[str]:
-    """Validation score at every learning rate run (mean over seeds), each seed's pick in bold: how sensitive
-    each method is to its learning rate. Empty when no method ran more than one."""
+    """Validation score at every learning rate run (mean over seeds), the pick in bold: how sensitive each method
+    is to its learning rate. Empty when no method ran more than one."""
     scores: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         if r.get("status") == "ok" and r["task"] == task and r["train_size"] == size:
@@ -157,15 +234,15 @@ def _learning_rate_table(records: list[dict[str, Any]], task: str, size: int | N
     if all(len(by_lr) < 2 for by_lr in scores.values()):
         return []
     rates = sorted({lr for by_lr in scores.values() for lr in by_lr}, reverse=True)
-    lines = ["", "Validation score at each learning rate (×100, mean over seeds; each seed's pick in bold):", "",
+    lines = ["", "Validation score at each learning rate (×100, mean over seeds; the pick in bold):", "",
              "| method | " + " | ".join(f"{lr:g}" for lr in rates) + " |", "|---|" + "---|" * len(rates)]
     for variant in (v for v in variants if v in scores):
-        picked = set(picks[(variant, task)].learning_rates) if (variant, task) in picks else set()
+        picked = picks[(variant, task)].learning_rate if (variant, task) in picks else None
         cells = []
         for lr in rates:
             values = scores[variant].get(lr)
             cell = f"{100 * statistics.fmean(values):.1f}" if values else "–"
-            cells.append(f"**{cell}**" if values and lr in picked else cell)
+            cells.append(f"**{cell}**" if values and lr == picked else cell)
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return lines
 
@@ -205,8 +282,9 @@ def _common_size(selected: list[Selected], task: str) -> int | None:
 def _curves(selected: list[Selected]) -> dict[str, Any]:
     lines: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     for s in selected:
-        if s.train_size is not None:
-            lines[(s.task, s.variant)][s.train_size] = s.test[s.main_metric]
+        if s.train_size is not None:  # at the examples actually trained on: a task smaller than the size asked is whole
+            size = min(s.train_size, s.train_samples) if s.train_samples else s.train_size
+            lines[(s.task, s.variant)][size] = s.test[s.main_metric]
     task_sizes: dict[str, set[int]] = defaultdict(set)
     for (task, _), points in lines.items():
         task_sizes[task] |= set(points)
@@ -232,7 +310,9 @@ def _plots(full_size: list[Selected], averages: dict[str, float], curves: dict[s
         from matplotlib.lines import Line2D
 
         fig, ax = plt.subplots(figsize=(9, 4.8))
-        memory = [p.peak_memory_mb or 0 for _, p in points]
+        # a method's peak memory differs by task (lengths, head): its mean over the tasks of the average
+        memory = [statistics.fmean([s.peak_memory_mb for s in full_size if s.variant == v and s.peak_memory_mb]
+                                   or [0.0]) for v, _ in points]
         top = max(memory) or 1
         colors = plt.get_cmap("tab20").colors
         handles = []

@@ -33,6 +33,7 @@ __all__ = ["RESULTS_NAME", "run_grid", "sigterm_as_interrupt"]
 
 RESULTS_NAME = "results.jsonl"
 RUNS_DIR = "runs"
+LOCK_NAME = ".sweep.lock"  # held by the sweep running in a grid folder (holds its pid)
 # How a `pelt train` stopped from outside ends: its own exit code on Ctrl-C, a signal's negative code when
 # it had no time to clean up, or 128 + the signal through a shell. SIGKILL is not here: the kernel's out-of-memory
 # killer sends it, and a run that does not fit in memory is a failure to record, not one to retry forever.
@@ -196,6 +197,91 @@ def _error_line(stderr: str, code: int) -> str:
     return (lines or [f"exit code {code}"])[-1][:500]
 
 
+# What `pelt sweep` sets for every run, whether or not a run's command names it: --train-args must leave these alone.
+_OWNED_FLAGS = frozenset({"model", "data-dir", "output-dir"})
+
+
+def _flag(token: str) -> str:
+    """The setting a flag names: `--no-train-bias` and `--train-bias=x` -> `train-bias`."""
+    name = token.split("=", 1)[0][2:]
+    return name[3:] if name.startswith("no-") else name
+
+
+def _check_extra_args(specs: list[RunSpec], settings: GridSettings) -> None:
+    """A flag among the extra `pelt train` arguments that the grid also sets would win (the last one does) and
+    make a run train other than its key and report say: refuse it. (`pelt train` takes no abbreviations.)"""
+    given = [t for t in settings.extra_args if t.startswith("--") and len(t) > 2]
+    if not given:
+        return
+    plain = GridSettings(split_protocol=settings.split_protocol)
+    owned = set(_OWNED_FLAGS) | {_flag(t) for spec in specs for t in _command(spec, plain, Path("run"))
+                                 if t.startswith("--")}
+    clash = sorted({t.split("=", 1)[0] for t in given if _flag(t) in owned})
+    if clash:
+        raise PeltError(f"the extra `pelt train` flags set {', '.join(clash)}, which the grid sets for each run; "
+                        "set it through the grid instead (a method's options as NAME:key=value, learning rates, "
+                        "seeds, training-set sizes, evaluation steps, model, data folder, split protocol)")
+
+
+_SETTING_NAMES = {"model": "model", "split_protocol": "split protocol", "train_args": "`pelt train` flags",
+                  "epochs": "epochs", "eval_steps": "evaluation every N steps"}
+
+
+def _check_same_settings(specs: list[RunSpec], done: dict[str, dict[str, Any]], shared: dict[str, Any],
+                         folder: Path, retry_failed: bool) -> None:
+    """A run is skipped when its key has a record, and the key does not hold every setting: a resumed grid run
+    with other settings would mix two experiments under one name. Refuse it (a failed run about to be retried
+    is replaced, so it may differ)."""
+    def shown(name: str, value: Any) -> str:
+        if value is None:
+            return "every epoch" if name == "eval_steps" else "the default"
+        return repr(value) if name == "train_args" else str(value)
+
+    for spec in specs:
+        record = done.get(spec.key)
+        if record is None or (retry_failed and record.get("status") == "failed"):
+            continue
+        recorded = record.get("settings") or {}
+        differences = [(name, recorded[name], shared[name]) for name in ("model", "split_protocol", "train_args")
+                       if name in recorded and recorded[name] != shared[name]]
+        differences += [(name, record[name], getattr(spec, name)) for name in ("epochs", "eval_steps")
+                        if name in record and record[name] != getattr(spec, name)]
+        if differences:
+            name, old, new = differences[0]
+            raise PeltError(f"the grid folder {folder} holds run {spec.key} made with {_SETTING_NAMES[name]} "
+                            f"{shown(name, old)}, and this grid asks for {shown(name, new)}; resume a grid with the "
+                            "settings it was run with, or give this one another folder")
+
+
+@contextlib.contextmanager
+def _grid_lock(folder: Path) -> Iterator[None]:
+    """One sweep per grid folder: two would run the same runs into the same folders and both append."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded
+        yield
+        return
+    with open(folder / LOCK_NAME, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: another sweep
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise PeltError(f"another pelt sweep{f' (pid {holder})' if holder.isdigit() else ''} is running in the "
+                            f"grid folder {folder}; wait for it to end, or give this grid another folder") from None
+        except OSError:  # a file system without locks (some network mounts): run unguarded
+            yield
+            return
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_grid(
     specs: list[RunSpec],
     grid_dir: str | os.PathLike,
@@ -220,19 +306,34 @@ def run_grid(
     if devices is not None and (not devices or not all(str(d).strip() for d in devices)):
         raise PeltError(f"devices must be a non-empty list of CUDA device ids, got {devices}")
     folder = Path(grid_dir)
-    (folder / RUNS_DIR).mkdir(parents=True, exist_ok=True)
-    results_file = folder / RESULTS_NAME
-    done = {r["key"]: r for r in read_records(results_file)}
-    if _drop_cut_short_record(results_file):
-        log(f"dropped the last line of {results_file}: a record cut short when the grid was killed")
-    todo = [s for s in specs if s.key not in done or (retry_failed and done[s.key]["status"] == "failed")]
-    log(f"grid: {len(specs)} runs, {len(specs) - len(todo)} already recorded, {len(todo)} to run"
-        + (f", {jobs} at a time" if jobs > 1 else ""))
+    if folder.exists() and not folder.is_dir():
+        raise PeltError(f"the grid folder {folder} is a file; pass a folder (it is created if missing)")
+    if settings.data_dir and not Path(settings.data_dir).exists():
+        raise PeltError(f"data folder {settings.data_dir} does not exist; pass --data-dir a folder holding glue/ "
+                        "(or the task folders)")
+    _check_extra_args(specs, settings)
     shared = {"model": settings.model or "bundled all-MiniLM-L6-v2", "split_protocol": settings.split_protocol,
               "train_args": " ".join(settings.extra_args)}
-    if jobs > 1:  # the runs' times and throughput were measured side by side
-        shared["jobs"] = jobs
+    (folder / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    with _grid_lock(folder):
+        results_file = folder / RESULTS_NAME
+        done = {r["key"]: r for r in read_records(results_file)}
+        _check_same_settings(specs, done, shared, folder, retry_failed)
+        if _drop_cut_short_record(results_file):
+            log(f"dropped the last line of {results_file}: a record cut short when the grid was killed")
+        todo = [s for s in specs if s.key not in done or (retry_failed and done[s.key]["status"] == "failed")]
+        log(f"grid: {len(specs)} runs, {len(specs) - len(todo)} already recorded, {len(todo)} to run"
+            + (f", {jobs} at a time" if jobs > 1 else ""))
+        if jobs > 1:  # the runs' times and throughput were measured side by side
+            shared["jobs"] = jobs
+        return _run_todo(todo, folder, results_file, done, settings, shared, jobs, devices, runner, log)
 
+
+def _run_todo(todo: list[RunSpec], folder: Path, results_file: Path, done: dict[str, dict[str, Any]],
+              settings: GridSettings, shared: dict[str, Any], jobs: int, devices: list[str] | None,
+              runner: Callable[[list[str], Path, dict[str, str]], tuple[int, str]] | None,
+              log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """`run_grid`'s work once the grid folder is locked: the runs without a record, `jobs` at a time."""
     children = _Children()
     run = runner or (lambda cmd, output_dir, env: _run_process(cmd, output_dir, env, children))
     # Side by side, each run's torch would take every core: give each its share, unless the caller chose.
