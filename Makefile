@@ -23,7 +23,7 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/pelt train --method hadamard --task sst2 --data-dir $(GLUE) \
 		--max-train-samples 8000 --epochs 3 --batch-size 32 --warmup-ratio 0.06 --lr 1e-2 --head-epochs 1 \
 		--head-lr 1e-2 --train-pooler \
-		--output-dir $(OUT)
+		--output-dir $(OUT) --overwrite
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q

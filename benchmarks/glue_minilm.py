@@ -88,7 +88,7 @@ def run_training(data_dir: str, task: str, variant: str, lr: float, extra: list[
         print(f"[skip] {task}/{variant}: {results_file} exists", flush=True)
         return json.loads(results_file.read_text())
     cmd = [sys.executable, "-m", "pelt.cli", "train", "--task", task, "--data-dir", data_dir, "--output-dir", str(out),
-           "--lr", str(lr), *COMMON, *variant_flags(variant), *extra]
+           "--overwrite", "--lr", str(lr), *COMMON, *variant_flags(variant), *extra]
     if TASKS[task]:
         cmd += ["--max-train-samples", str(TASKS[task])]
     print(f"[run] {' '.join(cmd)}", flush=True)

@@ -47,7 +47,7 @@ def reference(task: str, data_dir: str, out: Path) -> Path:
     if not (folder / "results.json").is_file():
         size = ["--max-train-samples", str(SUBSAMPLE[task])] if task in SUBSAMPLE else []
         pelt("train", "--task", task, "--method", "full", "--lr", FULL_LR, "--data-dir", data_dir,
-             "--output-dir", str(folder), "--split-protocol", "compacter", *size, *TRAIN_ARGS.split())
+             "--output-dir", str(folder), "--overwrite", "--split-protocol", "compacter", *size, *TRAIN_ARGS.split())
     return folder
 
 

@@ -47,7 +47,7 @@ def run(data_dir: str, task: str, label: str, flags: list[str]) -> dict:
         print(f"[skip] {task}/{label}: {results_file} exists", flush=True)
         return json.loads(results_file.read_text())
     cmd = [sys.executable, "-m", "pelt.cli", "train", "--task", task, "--data-dir", data_dir, "--output-dir",
-           str(out), *COMMON, *flags]
+           str(out), "--overwrite", *COMMON, *flags]  # an unfinished run there is replaced
     print(f"[run] {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, check=True)
     return json.loads(results_file.read_text())

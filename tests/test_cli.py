@@ -477,3 +477,103 @@ def test_interrupt_while_saving_leaves_loadable_checkpoints(
     if completed_saves >= 2:
         best = pelt.read_adapter_config(out_dir / "adapter")["checkpoint"]
         assert (best["stage"], best["epoch"]) == ("head", 1.0)
+
+
+# ---- what is already saved stays saved ----------------------------------------------------------------------
+
+
+def _adapted(tiny_model_dir: Path):
+    return pelt.apply_method(fresh_tiny_model(tiny_model_dir), pelt.HadamardConfig())
+
+
+def test_a_save_never_wipes_a_folder_holding_other_files(tiny_model_dir, tmp_path):
+    model = _adapted(tiny_model_dir)
+    runs = tmp_path / "runs"
+    (runs / "rte").mkdir(parents=True)
+    (runs / "notes.txt").write_text("keep me")
+    with pytest.raises(pelt.PeltError, match=r"runs holds other files \(notes.txt, rte\); save the adapter into a new"):
+        pelt.save_adapter(model, runs)
+    assert (runs / "notes.txt").read_text() == "keep me" and (runs / "rte").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(pelt.PeltError, match="is a file; save the adapter into a folder"):
+        pelt.save_adapter(model, tmp_path / "file")
+    adapter = pelt.save_adapter(model, tmp_path / "adapter")
+    pelt.save_adapter(model, adapter)  # an adapter folder is replaced by the new save
+    umask = os.umask(0)
+    os.umask(umask)
+    assert adapter.stat().st_mode & 0o777 == 0o777 & ~umask  # readable as any folder the user makes
+
+
+def test_an_interrupted_swap_points_at_the_previous_adapter(tiny_model_dir, tmp_path):
+    adapter = pelt.save_adapter(_adapted(tiny_model_dir), tmp_path / "adapter")
+    adapter.rename(tmp_path / ".adapter.old")  # killed between moving the old folder away and moving the new in
+    with pytest.raises(pelt.PeltError, match=r"\.adapter\.old holds the adapter an interrupted save was replacing; "
+                                             "rename it to adapter"):
+        pelt.read_adapter_config(tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("damage", ["not-utf8", "a-list", "no-method", "bare-base-model"])
+def test_a_damaged_adapter_config_is_one_clear_error(tiny_model_dir, other_model_dir, tmp_path, damage):
+    adapter = pelt.save_adapter(_adapted(tiny_model_dir), tmp_path / "adapter")
+    file = adapter / "adapter_config.json"
+    config = json.loads(file.read_text())
+    if damage == "not-utf8":
+        file.write_bytes(b"\xff\xfe{")
+        expected = "is not text (UTF-8 JSON); the adapter is damaged"
+    elif damage == "a-list":
+        file.write_text("[1, 2]")
+        expected = "is not a pelt adapter config"
+    elif damage == "no-method":
+        del config["method"], config["method_config"]["method"]
+        file.write_text(json.dumps(config))
+        expected = "names no method; the adapter is damaged"
+    else:  # a mismatch is still described when the recorded base model lacks fields
+        config["base_model"] = {"model_type": "bert"}
+        file.write_text(json.dumps(config))
+        expected = "was trained on ?: bert (hidden ?, ? layers, ? params)"
+    with pytest.raises(pelt.PeltError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
+        pelt.load_adapter(fresh_tiny_model(other_model_dir if damage == "bare-base-model" else tiny_model_dir),
+                          adapter)
+
+
+def test_an_adapter_from_a_newer_pelt_says_to_upgrade(tiny_model_dir, tmp_path):
+    adapter = pelt.save_adapter(_adapted(tiny_model_dir), tmp_path / "adapter")
+    file = adapter / "adapter_config.json"
+    config = json.loads(file.read_text())
+    config["method_config"]["gate"] = True  # an option this pelt does not know
+    file.write_text(json.dumps(config | {"pelt_version": "99.0"}))
+    with pytest.raises(pelt.PeltError, match=r"gate.*\(saved by pelt 99.0, this is pelt .*: upgrade pelt to load it\)"):
+        pelt.load_adapter(fresh_tiny_model(tiny_model_dir), adapter)
+    file.write_text(json.dumps(config))  # from this version: no upgrade advice
+    with pytest.raises(pelt.PeltError) as error:
+        pelt.load_adapter(fresh_tiny_model(tiny_model_dir), adapter)
+    assert "upgrade" not in str(error.value)
+
+
+def test_train_keeps_an_earlier_run_unless_told_to_overwrite(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    out_dir = tmp_path / "out"
+    rc, _, err = run(capsys, *train_args(tiny_model_dir, tiny_glue, out_dir, "--head-epochs", 0))
+    assert rc == 0, err
+    before = (out_dir / "results.json").read_bytes()
+    assert_bad_input(capsys, train_args(tiny_model_dir, tiny_glue, out_dir, "--head-epochs", 0),
+                     f"{out_dir} already holds a run (results.json, adapter, last)", "--overwrite")
+    assert (out_dir / "results.json").read_bytes() == before
+    rc, _, err = run(capsys, *train_args(tiny_model_dir, tiny_glue, out_dir, "--head-epochs", 0, "--seed", 7,
+                                         "--overwrite"))
+    assert rc == 0, err
+    assert json.loads((out_dir / "results.json").read_text())["train_config"]["seed"] == 7
+    assert sorted(p.name for p in out_dir.iterdir() if p.name.startswith(".")) == []  # no staged results left
+
+
+@pytest.mark.parametrize(("flags", "fact"), [
+    (["--max-eval-samples", 0], "max_eval_samples must be at least 1 (or unset: every example), got 0"),
+    (["--seed", -1], "seed must be at least 0, got -1"),
+])
+def test_train_refuses_impossible_settings(capsys, tiny_model_dir, tiny_glue, tmp_path, flags, fact):
+    assert_bad_input(capsys, train_args(tiny_model_dir, tiny_glue, tmp_path / "out", *flags), fact)
+
+
+def test_eval_refuses_an_impossible_batch_size(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    adapter = pelt.save_adapter(_adapted(tiny_model_dir), tmp_path / "adapter", metadata={"task": "sst2"})
+    assert_bad_input(capsys, ["eval", "--adapter", adapter, "--data-dir", tiny_glue, "--batch-size", 0],
+                     "the batch size must be at least 1, got 0")

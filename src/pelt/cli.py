@@ -112,6 +112,7 @@ def _build_parser(method_name: str | None,
                        help="a glue_data-style or SuperGLUE folder (holding SST-2/, CB/, ...), a data root holding "
                             "glue/ and superglue/, or a task folder; default $PELT_DATA_DIR, else the hub")
     train.add_argument("--output-dir", required=True, help="where the adapter, checkpoints and results.json go")
+    train.add_argument("--overwrite", action="store_true", help="replace a run already in --output-dir")
     protocol = " (default: the task's protocol value, see `pelt tasks`)"
     train.add_argument("--epochs", type=float, default=None, help="training epochs" + protocol)
     train.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
@@ -323,7 +324,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         warmup_ratio=args.warmup_ratio, warmup_steps=args.warmup_steps, seed=args.seed, recipe=args.recipe,
         head_epochs=args.head_epochs, head_learning_rate=args.head_lr, max_eval_samples=args.max_eval_samples,
         eval_steps=args.eval_steps,
-        target_style=args.target_style, task_prefix=args.task_prefix,
+        target_style=args.target_style, task_prefix=args.task_prefix, overwrite=args.overwrite,
     )
 
 

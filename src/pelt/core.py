@@ -304,6 +304,12 @@ def _write_atomically(target: Path, write: Any) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(staging)
+        for file in staging.iterdir():  # on disk before the swap: a power cut cannot leave empty files behind
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # as a plain mkdir would make it (mkdtemp's is private)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -334,6 +340,13 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, *, metadata: dict[st
         **(metadata or {}),
     }
     target = Path(path)
+    if target.exists():  # the save replaces the folder: it may hold an adapter, nothing else
+        if not target.is_dir():
+            raise PeltError(f"{target} is a file; save the adapter into a folder")
+        others = sorted(p.name for p in target.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME))
+        if others:
+            raise PeltError(f"{target} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+                            "save the adapter into a new folder or one that holds only an adapter")
 
     def write(folder: Path) -> None:
         save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "method": state.config.method})
@@ -347,16 +360,38 @@ def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     folder = Path(path)
     file = folder / CONFIG_NAME
     if not folder.is_dir():
+        previous = folder.with_name(f".{folder.name}.old")
+        if (previous / CONFIG_NAME).is_file():  # a save was cut between its two renames
+            raise PeltError(f"adapter folder {folder} does not exist, but {previous} holds the adapter an interrupted "
+                            f"save was replacing; rename it to {folder.name}")
         raise PeltError(f"adapter folder {folder} does not exist; pass the folder that holds {CONFIG_NAME}")
     if not file.is_file():
         raise PeltError(f"{folder} has no {CONFIG_NAME}; is it a pelt adapter folder?")
     try:
-        config = json.loads(file.read_text())
+        config = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise PeltError(f"{file} is not valid JSON ({e.msg} at line {e.lineno}); the adapter is damaged") from None
-    if "method_config" not in config or "base_model" not in config:
+    except UnicodeDecodeError:
+        raise PeltError(f"{file} is not text (UTF-8 JSON); the adapter is damaged") from None
+    if not isinstance(config, dict) or not isinstance(config.get("method_config"), dict) \
+            or not isinstance(config.get("base_model"), dict):
         raise PeltError(f"{file} is not a pelt adapter config (no method_config/base_model)")
+    config.setdefault("method", config["method_config"].get("method"))
+    if not isinstance(config["method"], str):
+        raise PeltError(f"{file} names no method; the adapter is damaged")
     return config
+
+
+def _saved_by_newer(config: dict[str, Any]) -> str:
+    """' (saved by pelt X, this is Y: upgrade pelt)' when the adapter comes from a newer pelt, else ''."""
+    from packaging.version import InvalidVersion, Version
+
+    saved = str(config.get("pelt_version") or "")
+    try:
+        newer = Version(saved) > Version(__version__)
+    except InvalidVersion:
+        newer = False
+    return f" (saved by pelt {saved}, this is pelt {__version__}: upgrade pelt to load it)" if newer else ""
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
@@ -365,12 +400,18 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     expected, actual = config["base_model"], model_signature(model)
     keys = ("model_type", "hidden_size", "num_layers", "base_params")
     if any(expected.get(k) != actual.get(k) for k in keys):
-        describe = lambda s: f"{s['model_type']} (hidden {s['hidden_size']}, {s['num_layers']} layers, {s['base_params']:,} params)"  # noqa: E731
+        def describe(s: dict[str, Any]) -> str:
+            params = s.get("base_params")
+            return (f"{s.get('model_type', '?')} (hidden {s.get('hidden_size', '?')}, {s.get('num_layers', '?')} layers, "
+                    f"{f'{params:,}' if isinstance(params, int) else '?'} params)")
         raise PeltError(
             f"adapter {path} was trained on {expected.get('name_or_path') or '?'}: {describe(expected)}, "
             f"but this model is {describe(actual)}; load it into the model it was trained on"
         )
-    method_config = get_method(config["method"]).config_class.from_dict(config["method_config"])
+    try:
+        method_config = get_method(config["method"]).config_class.from_dict(config["method_config"])
+    except PeltError as e:  # an unknown method or option: most likely a newer pelt wrote it
+        raise PeltError(f"{e}{_saved_by_newer(config)}") from None
     weights_file = Path(path) / WEIGHTS_NAME
     if not weights_file.is_file():
         raise PeltError(f"{Path(path)} has no {WEIGHTS_NAME}; the adapter is incomplete")

@@ -140,6 +140,9 @@ def evaluate_adapter(
 ) -> dict[str, dict[str, float]]:
     """Metrics of a saved adapter on a task's evaluation splits. Task, base model, max length, split protocol and
     text-to-text format default to the ones the adapter was trained with."""
+    for name, value in (("batch size", batch_size), ("max length", max_length)):
+        if value is not None and value < 1:
+            raise PeltError(f"the {name} must be at least 1, got {value}")
     base, tokenizer, config, spec = load_adapted(adapter, task=task, model=model)
     max_length = max_length or int(config.get("max_length", 128))
     get_method(config["method"]).check_input_length(base, max_length)

@@ -41,7 +41,9 @@ def finetuned_reference(
     folder = Path(output_dir)
     if (folder / "results.json").is_file() and (folder / "adapter").is_dir():
         return folder / "adapter"
-    config = replace(train_config, output_dir=str(folder)) if train_config else TrainConfig(output_dir=str(folder))
+    # an unfinished run there (no results.json) is this function's own: replaced
+    config = replace(train_config, output_dir=str(folder), overwrite=True) if train_config \
+        else TrainConfig(output_dir=str(folder), overwrite=True)
     finetune(task, FullConfig(), config, model=model, data_dir=data_dir, max_train_samples=max_train_samples,
              train_pooler=train_pooler, split_protocol=split_protocol)  # type: ignore[arg-type]
     return folder / "adapter"

@@ -378,15 +378,16 @@ def analyze_shared(
         folder = runs / "per_task" / name
         if not (folder / "results.json").is_file():
             limit = max_train_samples.get(name) if isinstance(max_train_samples, dict) else max_train_samples
-            finetune(name, method, replace(train_config, output_dir=str(folder)), model=model, data_dir=data_dir,
-                     max_train_samples=limit, train_pooler=train_pooler, pooling=pooling,
+            # an unfinished run there (no results.json) is this function's own: replaced
+            finetune(name, method, replace(train_config, output_dir=str(folder), overwrite=True), model=model,
+                     data_dir=data_dir, max_train_samples=limit, train_pooler=train_pooler, pooling=pooling,
                      split_protocol=split_protocol)  # type: ignore[arg-type]
         per_task[name] = json.loads((folder / "results.json").read_text())
     shared_folder = runs / "shared"
     if not (shared_folder / "results.json").is_file():
-        train_shared_adapter(tasks, method, replace(train_config, output_dir=str(shared_folder)), model=model,
-                             data_dir=data_dir, max_train_samples=max_train_samples, train_pooler=train_pooler,
-                             pooling=pooling, split_protocol=split_protocol)
+        train_shared_adapter(tasks, method, replace(train_config, output_dir=str(shared_folder), overwrite=True),
+                             model=model, data_dir=data_dir, max_train_samples=max_train_samples,
+                             train_pooler=train_pooler, pooling=pooling, split_protocol=split_protocol)
     shared = json.loads((shared_folder / "results.json").read_text())
     similarity = adapter_similarity({t: runs / "per_task" / t / "adapter" for t in per_task})
     write_similarity_report(similarity, out)

@@ -47,7 +47,7 @@ _PROGRESS_BAR = re.compile(r"[^|\n]*\d+%\|[^|\n]*\|[^\[\n]*\[[^\]\n]*\]|\d+it \[
 def _command(spec: RunSpec, settings: GridSettings, output_dir: Path) -> list[str]:
     cmd = [sys.executable, "-m", "pelt.cli", "train", "--task", spec.task, "--method", spec.method,
            "--lr", repr(spec.learning_rate), "--seed", str(spec.seed), "--output-dir", str(output_dir),
-           "--split-protocol", settings.split_protocol]
+           "--overwrite", "--split-protocol", settings.split_protocol]  # the run's folder is the grid's own
     for key, value in spec.options:
         flag = "--" + key.replace("_", "-")
         cmd += [flag] if value is True else [f"--no-{key.replace('_', '-')}"] if value is False else [flag, format_option(value)]

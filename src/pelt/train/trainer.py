@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -59,6 +60,7 @@ class TrainConfig:
     max_eval_samples: int | None = None
     target_style: Literal["names", "ids"] = "names"  # text to text: label names or ids as targets
     task_prefix: bool = True  # text to text: start the input with the task name
+    overwrite: bool = False  # replace a run already in output_dir (its results and checkpoints)
 
     def validate(self) -> None:
         positive = {"eval_batch_size": self.eval_batch_size, "head_learning_rate": self.head_learning_rate}
@@ -70,6 +72,15 @@ class TrainConfig:
                 raise PeltError(f"{name} must be positive, got {value}")
         if self.eval_steps is not None and self.eval_steps < 1:
             raise PeltError(f"eval_steps must be a positive number of steps, got {self.eval_steps}")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise PeltError(f"max_eval_samples must be at least 1 (or unset: every example), got {self.max_eval_samples}")
+        if self.seed < 0:
+            raise PeltError(f"seed must be at least 0, got {self.seed}")
+        output = Path(self.output_dir)
+        earlier = [name for name in (RESULTS_FILE, ADAPTER_DIR, LAST_DIR) if (output / name).exists()]
+        if earlier and not self.overwrite:
+            raise PeltError(f"{output} already holds a run ({', '.join(earlier)}); pass another output folder, or "
+                            "--overwrite (overwrite=True) to replace it")
         if self.head_epochs < 0:
             raise PeltError(f"head_epochs must be >= 0, got {self.head_epochs}")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
@@ -191,6 +202,7 @@ def train_model(
     learning_rate = config.learning_rate or method.default_learning_rate
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RESULTS_FILE).unlink(missing_ok=True)  # (overwrite) never left describing the checkpoints of another run
     if "train" not in data:
         raise PeltError(f"no training split for {task.name}; the data folder needs a train file")
     eval_splits = _eval_splits(data)
@@ -261,8 +273,10 @@ def train_model(
         "memory_kind": memory.kind,
         **(run_info or {}),
     }
-    if trainer.is_world_process_zero():
-        (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    if trainer.is_world_process_zero():  # whole or not at all: a sweep reads it as the run's record
+        staged = output_dir / f".{RESULTS_FILE}.tmp"
+        staged.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(staged, output_dir / RESULTS_FILE)
     return results
 
 
