@@ -525,8 +525,8 @@ def test_cli_sweep_runs_real_processes_and_records_a_failure(tmp_path: Path, tin
     assert "the scores are the **validation** metrics" in report  # no test split under standard
     output = capsys.readouterr()
     assert "report:" in output.out
-    assert output.err.strip().endswith("pelt: 1 of 2 runs failed (their errors are in "
-                                       f"{grid / 'report.md'}); fix the cause and rerun the command with --retry-failed")
+    assert output.err.strip().endswith(f"pelt: 1 of 2 runs failed (their errors are in {grid / 'report.md'}); "
+                                       "fix the cause and rerun the command with --retry-failed")
 
 
 def test_a_run_whose_folder_vanishes_is_reported_not_a_crash(tmp_path: Path) -> None:

@@ -345,8 +345,9 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, *, metadata: dict[st
             raise PeltError(f"{target} is a file; save the adapter into a folder")
         others = sorted(p.name for p in target.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME))
         if others:
-            raise PeltError(f"{target} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
-                            "save the adapter into a new folder or one that holds only an adapter")
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise PeltError(f"{target} holds other files ({shown}); save the adapter into a new folder or one that "
+                            "holds only an adapter")
 
     def write(folder: Path) -> None:
         save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "method": state.config.method})
@@ -402,8 +403,9 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if any(expected.get(k) != actual.get(k) for k in keys):
         def describe(s: dict[str, Any]) -> str:
             params = s.get("base_params")
-            return (f"{s.get('model_type', '?')} (hidden {s.get('hidden_size', '?')}, {s.get('num_layers', '?')} layers, "
-                    f"{f'{params:,}' if isinstance(params, int) else '?'} params)")
+            count = f"{params:,}" if isinstance(params, int) else "?"
+            return (f"{s.get('model_type', '?')} (hidden {s.get('hidden_size', '?')}, "
+                    f"{s.get('num_layers', '?')} layers, {count} params)")
         raise PeltError(
             f"adapter {path} was trained on {expected.get('name_or_path') or '?'}: {describe(expected)}, "
             f"but this model is {describe(actual)}; load it into the model it was trained on"

@@ -73,7 +73,8 @@ class TrainConfig:
         if self.eval_steps is not None and self.eval_steps < 1:
             raise PeltError(f"eval_steps must be a positive number of steps, got {self.eval_steps}")
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
-            raise PeltError(f"max_eval_samples must be at least 1 (or unset: every example), got {self.max_eval_samples}")
+            raise PeltError(f"max_eval_samples must be at least 1 (or unset: every example), "
+                            f"got {self.max_eval_samples}")
         if self.seed < 0:
             raise PeltError(f"seed must be at least 0, got {self.seed}")
         output = Path(self.output_dir)
@@ -202,12 +203,13 @@ def train_model(
     learning_rate = config.learning_rate or method.default_learning_rate
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / RESULTS_FILE).unlink(missing_ok=True)  # (overwrite) never left describing the checkpoints of another run
     if "train" not in data:
         raise PeltError(f"no training split for {task.name}; the data folder needs a train file")
     eval_splits = _eval_splits(data)
     if not eval_splits:
         raise PeltError(f"no validation split for {task.name}; the data folder needs its dev file")
+    # (with overwrite) an earlier run's results never stay beside this run's checkpoints
+    (output_dir / RESULTS_FILE).unlink(missing_ok=True)
 
     raw, encoded = _encode_all(formulation, data, config.max_eval_samples)
     selection = eval_splits[0]
