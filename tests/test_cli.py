@@ -577,3 +577,12 @@ def test_eval_refuses_an_impossible_batch_size(capsys, tiny_model_dir, tiny_glue
     adapter = pelt.save_adapter(_adapted(tiny_model_dir), tmp_path / "adapter", metadata={"task": "sst2"})
     assert_bad_input(capsys, ["eval", "--adapter", adapter, "--data-dir", tiny_glue, "--batch-size", 0],
                      "the batch size must be at least 1, got 0")
+
+
+def test_a_local_base_model_is_recorded_by_its_absolute_path(tmp_path, monkeypatch):
+    from pelt.pipeline import run_info
+
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert run_info("models/mine", None, "standard", 42, None)["model"] == str(tmp_path / "models" / "mine")
+    assert run_info("bert-base-uncased", None, "standard", 42, None)["model"] == "bert-base-uncased"  # a hub name

@@ -87,7 +87,9 @@ def run_info(model: str | None, data_dir: str | os.PathLike | None, split_protoc
              max_train_samples: int | None) -> dict[str, Any]:
     """Where a run's model and data came from and what it ran on: recorded in its results and adapters."""
     return {
-        "model": resolve_model(model) if model is None else str(model),
+        # a local folder as an absolute path: `pelt eval` finds it from any working directory
+        "model": resolve_model(model) if model is None else str(Path(model).resolve()) if Path(model).exists()
+        else str(model),
         "model_label": "all-MiniLM-L6-v2 (bundled)" if model is None else str(model),
         "data_dir": str(data_dir) if data_dir else "hub",
         "split_protocol": split_protocol,
