@@ -499,15 +499,16 @@ def test_unknown_label(tmp_path: Path, folder: str, task: str, train: str, line:
     assert f"allowed values: {allowed}" in message
 
 
-def test_non_numeric_stsb_score(tmp_path: Path) -> None:
+@pytest.mark.parametrize("score", ["five", "7.5", "-3", "nan"])
+def test_an_stsb_score_that_is_not_from_0_to_5(tmp_path: Path, score: str) -> None:
     header = TINY["STS-B"]["dev.tsv"].splitlines(keepends=True)[0]
     task_dir = write_task(tmp_path, "STS-B", {
         "train.tsv": TINY["STS-B"]["train.tsv"],
-        "dev.tsv": header + "0\tg\tf\t2012\t0\tnone\tnone\tA.\tB.\t1.0\n1\tg\tf\t2012\t1\tnone\tnone\tC.\tD.\tfive\n",
+        "dev.tsv": header + f"0\tg\tf\t2012\t0\tnone\tnone\tA.\tB.\t1.0\n1\tg\tf\t2012\t1\tnone\tnone\tC.\tD.\t{score}\n",
     })
     with pytest.raises(PeltError) as excinfo:
         load_task_data("stsb", tmp_path)
-    assert f"{task_dir / 'dev.tsv'}:3: score 'five' is not a number" in one_line(excinfo)
+    assert f"{task_dir / 'dev.tsv'}:3: score '{score}' is not a number from 0 to 5" in one_line(excinfo)
 
 
 def test_empty_and_header_only_files(tmp_path: Path) -> None:

@@ -514,6 +514,10 @@ def test_missing_field(tmp_path: Path, folder: str, task: str, obj: dict[str, An
          "field 'passage.questions' must be a list, got dict"),
         ("MultiRC", "multirc", {"idx": 0, "passage": {"text": "P.", "questions": ["Q?"]}},
          "passage.questions[0] must be an object"),
+        ("MultiRC", "multirc", {"idx": 0, "passage": {"text": "P.", "questions": []}},
+         "passage.questions is empty"),  # its rows would vanish without a word
+        ("MultiRC", "multirc", {"idx": 0, "passage": {"text": "P.", "questions": [
+            {"question": "Q?", "idx": 0, "answers": []}]}}, "passage.questions[0].answers is empty"),
     ],
 )
 def test_wrongly_typed_field(tmp_path: Path, folder: str, task: str, obj: dict[str, Any],
@@ -619,8 +623,6 @@ def test_unlabeled_test_file(tmp_path: Path, folder: str, task: str, text: str, 
     [
         ("CB", "cb", "", "is empty; expected the official SuperGLUE CB JSONL"),
         ("WiC", "wic", "\n  \n", "is empty; expected the official SuperGLUE WiC JSONL"),
-        ("MultiRC", "multirc", jsonl({"idx": 0, "passage": {"text": "P.", "questions": []}}),
-         "has no examples; expected the official SuperGLUE MultiRC JSONL"),
         ("ReCoRD", "record", jsonl({"idx": 0, "passage": {"text": "P.", "entities": []}, "qas": []}),
          "has no examples; expected the official SuperGLUE ReCoRD JSONL"),
     ],

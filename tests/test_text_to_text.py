@@ -263,6 +263,21 @@ def test_compacter_protocol_on_large_and_mnli_tasks(tmp_path: Path) -> None:
         load_splits("cb", tmp_path, splits=["test"])  # standard protocol has no test split
 
 
+def test_record_validation_takes_1000_queries_in_whole_passages(tmp_path: Path) -> None:
+    """ReCoRD's examples are queries, several per passage: 1,000 of them are set aside, passages kept whole."""
+    def passage(p: int) -> dict:
+        return {"idx": p, "passage": {"text": "Ann met Bob.", "entities": [{"start": 0, "end": 2},
+                                                                            {"start": 8, "end": 10}]},
+                "qas": [{"query": f"@placeholder met w{p}.", "idx": 2 * p + q,
+                         "answers": [{"start": 0, "end": 2, "text": "Ann"}]} for q in range(2)]}
+    write_jsonl(tmp_path / "superglue" / "ReCoRD", {"train": [passage(p) for p in range(600)],
+                                                     "val": [passage(p) for p in range(1000, 1003)]})
+    data = load_splits("record", tmp_path, protocol="compacter")
+    assert {k: len(v) for k, v in data.items()} == {"validation": 1000, "train": 200, "test": 6}
+    assert len(set(data["validation"]["passage_idx"])) == 500
+    assert set(data["validation"]["passage_idx"]).isdisjoint(data["train"]["passage_idx"])
+
+
 def test_protocol_defaults_and_overrides() -> None:
     assert protocol_defaults("rte") == {"epochs": 20, "max_length": 128, "batch_size": 100, "warmup_steps": 500}
     assert protocol_defaults("sst2")["epochs"] == 3

@@ -68,8 +68,9 @@ def finetune(
     spec = get_task(task)
     train_config = train_config.for_task(spec)
     _model_kind(spec, model)  # a model that cannot be found fails before any data is read
+    # the subsample follows the data's seed: every training seed of a grid sees the same examples
     data = load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,
-                       max_train_samples=max_train_samples, seed=train_config.seed)
+                       max_train_samples=max_train_samples, seed=split_seed)
     set_seed(train_config.seed)
     base, tokenizer = load_task_model(spec, model)
     apply_method(base, method, train_pooler=train_pooler, pooling=pooling)

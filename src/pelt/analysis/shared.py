@@ -265,12 +265,12 @@ def train_shared_adapter(
     for spec in specs:
         limit = max_train_samples.get(spec.name) if isinstance(max_train_samples, dict) else max_train_samples
         data.append(load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,  # type: ignore[arg-type]
-                                max_train_samples=limit, seed=config.seed))
+                                max_train_samples=limit, seed=split_seed))  # as finetune: the data's seed
     encoded = [f.encode(d["train"], training=True) for f, d in zip(formulations, data)]
     selection = [next(s for s in d if s != "train") for d in data]
     learning_rate = config.learning_rate or get_method(method.method).default_learning_rate
     two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and get_method(method.method).two_stage)
-    info = run_info(model, data_dir, split_protocol, split_seed, None)
+    info = run_info(model, data_dir, split_protocol, split_seed, max_train_samples)
     history: list[dict[str, Any]] = []
     best = {"score": -math.inf}
     started = time.perf_counter()

@@ -151,14 +151,16 @@ def load_splits(
         dev = spec.eval_splits[0]
         official = load_task_data(spec, data_dir, splits=["train", dev])
         units = _units(official["train"], spec)
-        if len(units) <= VALIDATION_FROM_TRAIN:
+        order = np.random.default_rng(split_seed).permutation(len(units))
+        # whole units (a ReCoRD passage with all its queries) until 1,000 examples: no passage on both sides
+        held = int(np.searchsorted(np.cumsum([len(units[u]) for u in order]), VALIDATION_FROM_TRAIN)) + 1
+        if held >= len(units):
             raise PeltError(
-                f"the {spec.name} training set has {len(units)} examples; the compacter protocol sets "
+                f"the {spec.name} training set has {len(official['train'])} examples; the compacter protocol sets "
                 f"{VALIDATION_FROM_TRAIN} aside for validation and needs more (use --split-protocol standard)"
             )
-        order = np.random.default_rng(split_seed).permutation(len(units))
-        pieces = {"validation": _take(official["train"], units, order[:VALIDATION_FROM_TRAIN]),
-                  "train": _take(official["train"], units, np.sort(order[VALIDATION_FROM_TRAIN:])),
+        pieces = {"validation": _take(official["train"], units, order[:held]),
+                  "train": _take(official["train"], units, np.sort(order[held:])),
                   "test": official[dev]}
     else:
         dev = spec.eval_splits[0]

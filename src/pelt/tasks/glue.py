@@ -126,9 +126,9 @@ def _parse_label(spec: TaskSpec, raw: str, path: Path, line: int) -> int | float
             score = float(value)
         except ValueError:
             score = math.nan
-        if not math.isfinite(score):
+        if not 0 <= score <= 5:  # NaN fails too
             raise PeltError(
-                f"{path}:{line}: score {raw!r} is not a number; STS-B scores must be floats "
+                f"{path}:{line}: score {raw!r} is not a number from 0 to 5; STS-B scores must be floats "
                 "between 0 and 5"
             )
         return score

@@ -275,10 +275,16 @@ def _rows_multirc(line: _Line, obj: dict[str, Any]) -> Iterator[dict[str, Any]]:
     paragraph_idx = line.integer(obj, "idx")
     passage = line.get(obj, "passage", "", dict)
     paragraph = line.text(passage, "text", "passage")
-    for where, question in line.objects(passage, "questions", "passage"):
+    questions = list(line.objects(passage, "questions", "passage"))
+    if not questions:  # its rows would vanish without a word
+        raise line.error(f"passage.questions is empty; {line.official()}")
+    for where, question in questions:
         text = line.text(question, "question", where)
         question_idx = line.integer(question, "idx", where)
-        for answer_where, answer in line.objects(question, "answers", where):
+        answers = list(line.objects(question, "answers", where))
+        if not answers:
+            raise line.error(f"{where}.answers is empty; {line.official()}")
+        for answer_where, answer in answers:
             yield {
                 "paragraph": paragraph,
                 "question": text,
