@@ -609,3 +609,15 @@ def test_real_glue_data_row_counts() -> None:
                 assert 0.0 <= min(labels) and max(labels) <= 5.0
             else:
                 assert set(labels) == set(range(spec.num_labels)), task  # every class occurs
+
+
+@pytest.mark.parametrize("where", ["superglue", "superglue/RTE"])
+def test_glue_rte_pointed_at_superglue_files_names_the_other_task(tmp_path: Path, where: str) -> None:
+    rte = tmp_path / "superglue" / "RTE"
+    rte.mkdir(parents=True)
+    for name in ("train.jsonl", "val.jsonl"):
+        (rte / name).write_text('{"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0}\n')
+    with pytest.raises(PeltError) as excinfo:
+        load_task_data("rte", tmp_path / where)
+    assert f"{rte} holds SuperGLUE JSONL files, not GLUE's TSV; for SuperGLUE's RTE use --task superglue-rte" \
+        in one_line(excinfo)

@@ -86,6 +86,13 @@ def _features(spec: TaskSpec) -> datasets.Features:
     return datasets.Features(columns)
 
 
+def _refuse_superglue_rte(spec: TaskSpec, folder: Path) -> None:
+    """GLUE and SuperGLUE both name their RTE folder RTE: say which one a folder of JSON lines is."""
+    if spec.name == "rte" and any(folder.glob("*.jsonl")):
+        raise PeltError(f"{folder} holds SuperGLUE JSONL files, not GLUE's TSV; for SuperGLUE's RTE use "
+                        "--task superglue-rte, for GLUE's pass the glue_data folder")
+
+
 def _resolve_task_folder(spec: TaskSpec, data_dir: Path) -> Path:
     """Accept both the glue_data parent folder and the task folder itself."""
     if not data_dir.is_dir():
@@ -111,6 +118,7 @@ def _resolve_task_folder(spec: TaskSpec, data_dir: Path) -> Path:
                 f"was requested; point --data-dir at the {spec.folder} folder or its parent"
             )
         return data_dir
+    _refuse_superglue_rte(spec, data_dir)
     raise PeltError(
         f"data folder {data_dir} has neither a {spec.folder}/ subfolder nor the {spec.folder} "
         f"files ({', '.join(split_names)}); pass --data-dir pointing at a glue_data-style folder "
@@ -214,6 +222,7 @@ def _load_local(spec: TaskSpec, data_dir: str | os.PathLike, splits: list[str]) 
     for split in splits:
         path = folder / _SPLIT_FILES[split]
         if not path.is_file():
+            _refuse_superglue_rte(spec, folder)
             raise PeltError(
                 f"split file {path} not found; the {split} split of {spec.folder} must be in "
                 f"{_SPLIT_FILES[split]} inside {folder} (add the file or request only the splits "
