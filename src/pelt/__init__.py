@@ -21,7 +21,7 @@ from pelt.core import (  # noqa: E402
     set_trainable,
     unmerge,
 )
-from pelt.errors import PeltError  # noqa: E402
+from pelt.errors import PeltError, PeltWarning  # noqa: E402
 from pelt.methods import (  # noqa: E402
     AdapterConfig,
     AdapterDropConfig,
@@ -61,6 +61,7 @@ __all__ = [
     "PHMAdapterConfig",
     "ParameterReport",
     "PeltError",
+    "PeltWarning",
     "apply_method",
     "get_method",
     "list_methods",

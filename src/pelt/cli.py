@@ -12,10 +12,11 @@ import json
 import os
 import sys
 import typing
+import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from pelt.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, PeltError
+from pelt.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_RUNS_FAILED, PeltError, PeltWarning
 
 
 class _RaisingParser(argparse.ArgumentParser):
@@ -626,11 +627,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours = not _process_group_active()  # a group the caller started is the caller's to end
     code = 0
     try:
-        parser = _build_parser(_method_from_argv(argv))
-        args = parser.parse_args(argv)
-        args.argv = argv
-        code = {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
-                "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args) or 0
+        with warnings.catch_warnings():  # the caller's warning settings are back when main returns
+            warnings.showwarning = _pelt_warnings_as_lines(warnings.showwarning)
+            parser = _build_parser(_method_from_argv(argv))
+            args = parser.parse_args(argv)
+            args.argv = argv
+            code = {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
+                    "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args) or 0
     except PeltError as e:
         print(f"pelt: error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
@@ -639,6 +642,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ours:
         _release_process_group(finished=code == 0)
     return code
+
+
+def _pelt_warnings_as_lines(show: Callable[..., None]) -> Callable[..., None]:
+    """A PeltWarning is for the user: one line like the errors, not Python's file:line form."""
+    def show_pelt_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                          file: Any = None, line: str | None = None) -> None:
+        if issubclass(category, PeltWarning):
+            print(f"pelt: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_pelt_warning
 
 
 def _process_group_active() -> bool:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,9 @@ from torch import nn
 
 from pelt import __version__
 from pelt.arch import base_model, get_arch, head_module_names, is_layer_norm, iter_layers, pooler_path
-from pelt.errors import PeltError
+from pelt.errors import PeltError, PeltWarning
 from pelt.methods import MethodConfig, get_method
+from pelt.models import checkpoint_name
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -410,6 +412,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"adapter {path} was trained on {expected.get('name_or_path') or '?'}: {describe(expected)}, "
             f"but this model is {describe(actual)}; load it into the model it was trained on"
         )
+    _warn_if_other_checkpoint(path, expected, actual)
     try:
         method_config = get_method(config["method"]).config_class.from_dict(config["method_config"])
     except PeltError as e:  # an unknown method or option: most likely a newer pelt wrote it
@@ -425,6 +428,21 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
                  train_pooler=bool(config.get("train_pooler", False)), pooling=config.get("pooling"))
     _load_trained(model, tensors, source=str(weights_file))
     return model
+
+
+def _warn_if_other_checkpoint(path: str | os.PathLike, expected: dict[str, Any], actual: dict[str, Any]) -> None:
+    """Two checkpoints of one architecture have the same shapes: the adapter loads, its weights are wrong for it."""
+    def short(signature: dict[str, Any]) -> str:
+        name = signature.get("name_or_path")
+        return checkpoint_name(name) if isinstance(name, str) else ""
+
+    trained_on, this_model = short(expected), short(actual)
+    if trained_on and this_model and trained_on != this_model:
+        warnings.warn(
+            f"adapter {path} was trained on {expected['name_or_path']}, this model is {actual['name_or_path']}; "
+            "the shapes match so it loads, but its weights were learned for the other checkpoint",
+            PeltWarning, stacklevel=3,
+        )
 
 
 def _load_trained(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:

@@ -13,6 +13,10 @@ class PeltError(Exception):
     """A user-facing error: bad input, an impossible configuration, a mismatched adapter."""
 
 
+class PeltWarning(UserWarning):
+    """Something that works but is probably not what the user meant; the CLI prints it as one line."""
+
+
 def hub_failure(task: str, source: str, exc: Exception, local: str) -> PeltError:
     """Any hub, network or cache failure means the same to a user: say so in one line, and what to use instead."""
     reason = " ".join(str(exc).split()) or type(exc).__name__

