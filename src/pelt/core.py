@@ -432,11 +432,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 def _warn_if_other_checkpoint(path: str | os.PathLike, expected: dict[str, Any], actual: dict[str, Any]) -> None:
     """Two checkpoints of one architecture have the same shapes: the adapter loads, its weights are wrong for it."""
-    def short(signature: dict[str, Any]) -> str:
-        name = signature.get("name_or_path")
-        return checkpoint_name(name) if isinstance(name, str) else ""
-
-    trained_on, this_model = short(expected), short(actual)
+    trained_on, this_model = (checkpoint_name(str(s.get("name_or_path") or "")) for s in (expected, actual))
     if trained_on and this_model and trained_on != this_model:
         warnings.warn(
             f"adapter {path} was trained on {expected['name_or_path']}, this model is {actual['name_or_path']}; "

