@@ -161,6 +161,24 @@ def _build_parser(method_name: str | None,
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
+    pred = sub.add_parser("predict", help="answers of one or several adapters on new examples, the tasks mixed in "
+                                          "each batch on one backbone")
+    pred.add_argument("--adapter", action="append", required=True, metavar="[NAME=]DIR",
+                      help="an adapter folder, named by the task it was trained on or NAME=DIR; repeat for several "
+                           "(then each input line names its task in a 'task' field)")
+    pred.add_argument("--input", required=True,
+                      help="JSON lines or a TSV file with a header, with the task's fields (e.g. sentence, or "
+                           "sentence1 and sentence2); - reads standard input")
+    pred.add_argument("--input-format", choices=["auto", "jsonl", "tsv"], default="auto",
+                      help="auto: .tsv files are TSV, others (and stdin starting with '{') JSON lines")
+    pred.add_argument("--output", default=None,
+                      help="JSON-lines file of answers, written whole or not at all (default: stdout)")
+    pred.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    _common_model_args(pred)
+    pred.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default 32)")
+    pred.add_argument("--num-beams", type=int, default=1, help="beam search width for T5 tasks (default 1: greedy)")
+    pred.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+
     params = sub.add_parser("params", help="trainable-parameter table for a model configuration and method")
     params.add_argument("--model", default=None,
                         help="known size (bert-base-uncased, t5-base, ...), a config.json or model folder, or a hub name")
@@ -371,6 +389,102 @@ def _eval(args: argparse.Namespace) -> None:
         return
     for split, values in metrics.items():
         print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+
+def _adapter_arguments(values: list[str]) -> dict[str, str]:
+    """--adapter DIR or NAME=DIR, repeated: adapter folders by task name."""
+    from pelt.multitask import task_names
+
+    named: dict[str, str] = {}
+    unnamed: list[str] = []
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if sep and not Path(value).exists():
+            if not name.strip() or not folder.strip():
+                raise PeltError(f"--adapter takes DIR or NAME=DIR, got {value!r}")
+            if name in named:
+                raise PeltError(f"--adapter names task {name!r} twice")
+            named[name.strip()] = folder.strip()
+        else:
+            unnamed.append(value)
+    for name, folder in (task_names(unnamed) if unnamed else {}).items():
+        if name in named:
+            raise PeltError(f"two adapters for task {name!r}: name them with --adapter NAME=DIR")
+        named[name] = folder
+    return named
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import torch
+
+    from pelt.core import read_adapter_config
+    from pelt.multitask import MultiTaskModel
+    from pelt.multitask.model import adapter_task, shareable_method
+    from pelt.multitask.predict import TASK_FIELD, check_example, read_examples, write_jsonl
+
+    for flag, value in (("--batch-size", args.batch_size), ("--num-beams", args.num_beams)):
+        if value < 1:
+            raise PeltError(f"{flag} must be at least 1, got {value}")
+    if args.output and args.output != "-":
+        target = Path(args.output)
+        if target.is_dir():
+            raise PeltError(f"--output {args.output} is a folder; give a file name")
+        if not target.parent.is_dir():
+            raise PeltError(f"--output {args.output}: folder {target.parent} does not exist")
+        if target.exists() and args.input != "-" and target.resolve() == Path(args.input).resolve():
+            raise PeltError("--output is the --input file; write the answers to another file")
+        if target.exists() and not args.overwrite:
+            raise PeltError(f"--output {args.output} exists; pass --overwrite to replace it, or another file")
+    device = _device(args.device)
+    adapters = _adapter_arguments(args.adapter)
+    tasks = {}
+    for name, folder in adapters.items():
+        config = read_adapter_config(folder)
+        shareable_method(config, folder)
+        tasks[name] = adapter_task(config)
+        if tasks[name]["spec"] is None:
+            raise PeltError(f"adapter {folder} does not record a task pelt knows, so its input fields are unknown")
+    source = "<stdin>" if args.input == "-" else args.input
+    examples, names = [], []
+    for line, example in read_examples(args.input, args.input_format):
+        name = example.get(TASK_FIELD)
+        if name is None:
+            if len(adapters) > 1:
+                raise PeltError(f"{source} line {line}: no '{TASK_FIELD}' field; with several adapters each line names "
+                                f"its task: {', '.join(adapters)}")
+            name = next(iter(adapters))
+        if name not in adapters:
+            raise PeltError(f"{source} line {line}: unknown task {name!r}; loaded: {', '.join(adapters)}")
+        problem = check_example(example, tasks[name]["spec"], tasks[name]["kind"])
+        if problem:
+            raise PeltError(f"{source} line {line}: {problem}")
+        examples.append(example)
+        names.append(name)
+    mt = MultiTaskModel.from_adapters(adapters, model=args.model).to(device)
+    with torch.inference_mode():
+        answers = mt.predict(examples, names, batch_size=args.batch_size, num_beams=args.num_beams,
+                             progress=args.input != "-")
+    write_jsonl(args.output, answers)
+    if args.output and args.output != "-":
+        print(f"{len(answers)} answers ({', '.join(sorted(set(names)))}) in {args.output}", file=sys.stderr)
+
+
+def _device(name: str | None) -> Any:
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PeltError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PeltError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise PeltError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    if device.type not in ("cpu", "cuda"):
+        raise PeltError(f"--device {name}: pelt predicts on cpu or cuda")
+    return device
 
 
 def _params(args: argparse.Namespace) -> None:
@@ -632,7 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = _build_parser(_method_from_argv(argv))
             args = parser.parse_args(argv)
             args.argv = argv
-            code = {"train": _train, "eval": _eval, "params": _params, "methods": _methods, "tasks": _tasks,
+            code = {"train": _train, "eval": _eval, "predict": _predict, "params": _params, "methods": _methods, "tasks": _tasks,
                     "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args) or 0
     except PeltError as e:
         print(f"pelt: error: {e}", file=sys.stderr)

@@ -95,6 +95,14 @@ class TokenPooling(nn.Module):
         return f"mode={self.mode!r}"
 
 
+def masked_mean(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of the states (batch × tokens × width) of the tokens the mask keeps."""
+    if mask is None:
+        return states.mean(dim=1)
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 def _masked_mean_output(module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
     """Forward hook of a BERT backbone under mean pooling: its pooled output, padding left out."""
     mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
@@ -103,8 +111,7 @@ def _masked_mean_output(module: nn.Module, args: tuple, kwargs: dict[str, Any], 
     states = output[0]
     if mask.shape != states.shape[:2]:  # a method changed the sequence without widening the mask
         raise RuntimeError(f"mean pooling: mask {tuple(mask.shape)} does not cover states {tuple(states.shape[:2])}")
-    weights = mask.to(states.dtype).unsqueeze(-1)
-    pooled = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    pooled = masked_mean(states, mask)
     if isinstance(output, tuple):  # return_dict=False
         return (output[0], pooled, *output[2:])
     output["pooler_output"] = pooled
@@ -397,10 +404,8 @@ def _saved_by_newer(config: dict[str, Any]) -> str:
     return f" (saved by pelt {saved}, this is pelt {__version__}: upgrade pelt to load it)" if newer else ""
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Apply a saved adapter's method to a fresh base model and load its trained weights."""
-    config = read_adapter_config(path)
-    expected, actual = config["base_model"], model_signature(model)
+def check_base_model(path: str | os.PathLike, expected: dict[str, Any], actual: dict[str, Any]) -> None:
+    """Refuse an adapter whose recorded base model (`expected`) has another family, width, depth or size."""
     keys = ("model_type", "hidden_size", "num_layers", "base_params")
     if any(expected.get(k) != actual.get(k) for k in keys):
         def describe(s: dict[str, Any]) -> str:
@@ -413,10 +418,18 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             f"but this model is {describe(actual)}; load it into the model it was trained on"
         )
     _warn_if_other_checkpoint(path, expected, actual)
+
+
+def adapter_method_config(config: dict[str, Any]) -> MethodConfig:
+    """The method config a saved adapter's config records, checked."""
     try:
-        method_config = get_method(config["method"]).config_class.from_dict(config["method_config"])
+        return get_method(config["method"]).config_class.from_dict(config["method_config"])
     except PeltError as e:  # an unknown method or option: most likely a newer pelt wrote it
         raise PeltError(f"{e}{_saved_by_newer(config)}") from None
+
+
+def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """An adapter folder's trained tensors (safetensors only)."""
     weights_file = Path(path) / WEIGHTS_NAME
     if not weights_file.is_file():
         raise PeltError(f"{Path(path)} has no {WEIGHTS_NAME}; the adapter is incomplete")
@@ -424,10 +437,24 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         tensors = load_file(str(weights_file))
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise PeltError(f"cannot read {weights_file}: {e}; the adapter file is damaged") from None
+    return tensors
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Apply a saved adapter's method to a fresh base model and load its trained weights."""
+    config = read_adapter_config(path)
+    check_base_model(path, config["base_model"], model_signature(model))
+    method_config = adapter_method_config(config)
+    tensors = read_adapter_tensors(path)
+    apply_adapter_config(model, config, method_config)
+    _load_trained(model, tensors, source=str(Path(path) / WEIGHTS_NAME))
+    return model
+
+
+def apply_adapter_config(model: nn.Module, config: dict[str, Any], method_config: MethodConfig) -> None:
+    """Apply the method of a saved adapter's config, with the head and pooling it was trained with."""
     apply_method(model, method_config, train_head=bool(head_module_names(model)),
                  train_pooler=bool(config.get("train_pooler", False)), pooling=config.get("pooling"))
-    _load_trained(model, tensors, source=str(weights_file))
-    return model
 
 
 def _warn_if_other_checkpoint(path: str | os.PathLike, expected: dict[str, Any], actual: dict[str, Any]) -> None:
@@ -442,6 +469,15 @@ def _warn_if_other_checkpoint(path: str | os.PathLike, expected: dict[str, Any],
 
 
 def _load_trained(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+    check_trained_tensors(model, tensors, source=source)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            params[name].copy_(tensor)
+
+
+def check_trained_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], *, source: str) -> None:
+    """The tensors must be exactly the adapted model's trained set, in its shapes."""
     state = _state(model)
     params = dict(model.named_parameters())
     expected = set(state.trainable)
@@ -457,9 +493,6 @@ def _load_trained(model: nn.Module, tensors: dict[str, torch.Tensor], *, source:
                 f"{source}: {name} has shape {tuple(tensor.shape)} but the model expects "
                 f"{tuple(params[name].shape)} (a head for a different number of labels?)"
             )
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            params[name].copy_(tensor)
 
 
 def load_trained_weights(model: nn.Module, path: str | os.PathLike) -> None:

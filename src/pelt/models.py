@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForMultipleChoice,
     AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
@@ -158,12 +159,27 @@ def load_pretrained(
             else "single_label_classification"
     auto = {"sequence-classification": AutoModelForSequenceClassification,
             "multiple-choice": AutoModelForMultipleChoice, "text-to-text": AutoModelForSeq2SeqLM}[kind]
+    # A checkpoint's own task head (another label count, or a single-score head) is replaced, not an error.
+    return _quietly_load(resolved, lambda: auto.from_pretrained(
+        resolved, config=config, ignore_mismatched_sizes=kind != "text-to-text"))
+
+
+def load_backbone(name: str | os.PathLike | None) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A pretrained model without a task head (an encoder-decoder LM as it is), and its tokenizer: what many
+    task adapters share."""
+    resolved = resolve_model(name)
+    config = load_config(resolved)
+    get_arch(config)
+    auto = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModel
+    return _quietly_load(resolved, lambda: auto.from_pretrained(resolved, config=config))
+
+
+def _quietly_load(resolved: str, load: Any) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected: the head is new
     hf_logging.disable_progress_bar()  # keep stderr to pelt's own lines
     try:
-        # A checkpoint's own task head (another label count, or a single-score head) is replaced, not an error.
-        model = auto.from_pretrained(resolved, config=config, ignore_mismatched_sizes=kind != "text-to-text")
+        model = load()
         tokenizer = AutoTokenizer.from_pretrained(resolved)
     except (OSError, ValueError) as e:
         raise PeltError(_not_found(resolved, e)) from None
@@ -171,4 +187,4 @@ def load_pretrained(
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    return model, tokenizer
+    return model.eval(), tokenizer

@@ -35,10 +35,13 @@ from pelt.methods.base import (
     LayerSelection,
     Method,
     MethodConfig,
+    modules_of_type,
     option,
     register_method,
     replace_module,
+    trained_norm_ops,
 )
+from pelt.methods.ops import Bottleneck, Projection, SiteOp
 from pelt.methods.phm import PATHS, PHMLinear, SharedRule, check_divisible
 
 NON_LINEARITIES = ("gelu_new", "gelu", "relu", "silu", "tanh")
@@ -233,6 +236,36 @@ class BottleneckMethod(Method):
                 if is_layer_norm(module) and (not backbone or name.startswith(backbone + ".")):
                     unfrozen += [f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)]
         return Injection(added=added, unfrozen=unfrozen)
+
+    def mixed_batch_ops(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[SiteOp]:
+        names = {id(p): name for name, p in model.named_parameters()}
+        activation = model.pelt_state.config.non_linearity
+        ops: list[SiteOp] = [
+            Bottleneck(path, activation, _projection(module.adapter.down, names, tensors),
+                       _projection(module.adapter.up, names, tensors))
+            for path, module in modules_of_type(model, AdaptedProjection)
+        ]
+        return ops + trained_norm_ops(model, model.pelt_state.unfrozen, tensors)
+
+
+def _projection(module: nn.Module, names: dict[int, str], tensors: dict[str, torch.Tensor]) -> Projection:
+    """An adapter projection's trained tensors, by its parametrization."""
+    def trained(parameter: nn.Parameter) -> torch.Tensor:
+        return tensors[names[id(parameter)]]
+
+    if isinstance(module, nn.Linear):
+        return Projection("dense", {"weight": trained(module.weight)}, trained(module.bias))
+    if isinstance(module, LowRankLinear):
+        return Projection("lowrank", {"left": trained(module.left), "right": trained(module.right)},
+                          trained(module.bias))
+    assert isinstance(module, PHMLinear)
+    rule = module.rule()
+    shared = {"rule": names[id(rule)]} if module._shared else {}
+    bias = trained(module.bias) if module.bias is not None else None
+    if module.rank is None:
+        return Projection("phm", {"rule": trained(rule), "weight": trained(module.phm_weight)}, bias, shared)
+    return Projection("lphm", {"rule": trained(rule), "left": trained(module.phm_left),
+                               "right": trained(module.phm_right)}, bias, shared)
 
 
 @dataclass

@@ -13,10 +13,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
-from pelt.arch import ArchSpec, LayerRef, iter_layers
+from pelt.arch import ArchSpec, LayerRef, is_layer_norm, iter_layers
 from pelt.errors import PeltError
+from pelt.methods.ops import NormParams, SiteOp
 
 
 @dataclass
@@ -140,6 +142,15 @@ class Method:
     def check_input_length(self, model: nn.Module, max_length: int) -> None:
         """Refuse, before any work, inputs of `max_length` tokens that the adapted model could not take."""
 
+    # Why a task of this method cannot share a backbone with other tasks (None: it can, see mixed_batch_ops).
+    sharing_refusal: ClassVar[str | None] = None
+
+    def mixed_batch_ops(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[SiteOp]:
+        """What one trained task of this method does at each site, for a backbone shared by many tasks in one
+        batch (`pelt.multitask`). `model` has this method applied (on the meta device: only its structure and
+        names count); `tensors` are the task's trained tensors by name."""
+        raise PeltError(self.sharing_refusal or f"method '{self.name}' has no mixed-batch form")
+
     # Mergeable methods name the module type they inject; each such module has merge() and unmerge().
     merge_module: ClassVar[type[nn.Module] | None] = None
 
@@ -198,6 +209,17 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
 
 def modules_of_type(model: nn.Module, cls: type[nn.Module]) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, cls)]
+
+
+def trained_norm_ops(model: nn.Module, names: list[str], tensors: dict[str, torch.Tensor]) -> list[NormParams]:
+    """The norms among `names` (a method's unfrozen parameters) as per-task norm parameters."""
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for name in names:
+        path, _, leaf = name.rpartition(".")
+        if is_layer_norm(model.get_submodule(path)):
+            by_module.setdefault(path, {})[leaf] = tensors[name]
+    return [NormParams(path, parts["weight"], parts.get("bias")) for path, parts in by_module.items()
+            if "weight" in parts]
 
 
 # ---- layer selection, shared by every method that can be restricted to some layers --------------------------

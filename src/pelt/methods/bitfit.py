@@ -17,6 +17,7 @@ from torch import nn
 
 from pelt.arch import ArchSpec, base_model_path, final_norm_paths, head_module_names, is_layer_norm, join
 from pelt.methods.base import Injection, Method, MethodConfig, option, register_method
+from pelt.methods.ops import Bias, SiteOp
 
 # Modules whose own forward already adds `self.bias` once one is registered.
 _NATIVE_BIAS = (nn.Linear, nn.LayerNorm)
@@ -60,6 +61,10 @@ class BitFit(Method):
                 self._add_bias(module)
                 injection.added.append(join(path, "bias"))
         return injection
+
+    def mixed_batch_ops(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[SiteOp]:
+        state = model.pelt_state
+        return [Bias(name.rpartition(".")[0], tensors[name]) for name in [*state.unfrozen, *state.added]]
 
     @staticmethod
     def _add_bias(module: nn.Module) -> None:

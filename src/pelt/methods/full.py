@@ -22,6 +22,8 @@ class FullFineTuning(Method):
     default_learning_rate = 5e-5
     reference_learning_rate = 3e-4  # the Compacter authors' T5 configs
     description = "every parameter of the model is trained (the reference)"
+    sharing_refusal = ("method 'full' changes every weight of the backbone, so its task cannot share a backbone "
+                       "with other tasks; load it into a model of its own (pelt.load_adapter, or pelt eval)")
 
     def inject(self, model: nn.Module, config: MethodConfig, arch: ArchSpec) -> Injection:
         return Injection(unfrozen=[name for name, _ in model.named_parameters()])

@@ -20,10 +20,13 @@ from pelt.methods.base import (
     LayerSelection,
     Method,
     MethodConfig,
+    modules_of_type,
     option,
     register_method,
     replace_module,
+    trained_norm_ops,
 )
+from pelt.methods.ops import Affine, SiteOp
 
 PLACEMENTS = ("output", "input")
 
@@ -138,3 +141,9 @@ class Hadamard(Method):
                 norm_path = layer.site("attention_norm")
                 injection.unfrozen += [f"{norm_path}.{n}" for n, _ in model.get_submodule(norm_path).named_parameters()]
         return injection
+
+    def mixed_batch_ops(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[SiteOp]:
+        side = "output" if model.pelt_state.config.placement == "output" else "input"
+        ops: list[SiteOp] = [Affine(path, side, tensors.get(f"{path}.hadamard_weight"), tensors.get(f"{path}.hadamard_bias"))
+                             for path, _ in modules_of_type(model, HadamardLinear)]
+        return ops + trained_norm_ops(model, model.pelt_state.unfrozen, tensors)

@@ -23,10 +23,12 @@ from pelt.methods.base import (
     LayerSelection,
     Method,
     MethodConfig,
+    modules_of_type,
     option,
     register_method,
     replace_module,
 )
+from pelt.methods.ops import Affine, SiteOp
 from pelt.methods.lora import check_targets, target_projections
 
 # target -> (site, which side of the projection is scaled)
@@ -111,3 +113,7 @@ class IA3(Method):
             replace_module(model, path, ScaledLinear(linear, side))
             injection.added.append(f"{path}.ia3_scale")
         return injection
+
+    def mixed_batch_ops(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[SiteOp]:
+        return [Affine(path, module.side, scale=tensors[f"{path}.ia3_scale"])
+                for path, module in modules_of_type(model, ScaledLinear)]

@@ -20,10 +20,12 @@ from pelt.methods.base import (
     LayerSelection,
     Method,
     MethodConfig,
+    modules_of_type,
     option,
     register_method,
     replace_module,
 )
+from pelt.methods.ops import LowRankUpdate, SiteOp
 
 # target name -> the architecture table's site
 TARGET_SITES = {
@@ -142,3 +144,7 @@ class LoRA(Method):
             replace_module(model, path, LoRALinear(linear, config.rank, config.alpha, config.dropout))
             injection.added += [f"{path}.lora_A", f"{path}.lora_B"]
         return injection
+
+    def mixed_batch_ops(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[SiteOp]:
+        return [LowRankUpdate(path, tensors[f"{path}.lora_A"], module.scale * tensors[f"{path}.lora_B"])
+                for path, module in modules_of_type(model, LoRALinear)]

@@ -23,6 +23,7 @@ from torch import nn
 from pelt.arch import ArchSpec, base_model_path, join
 from pelt.errors import PeltError
 from pelt.methods.base import Injection, Method, MethodConfig, modules_of_type, option, register_method
+from pelt.methods.ops import Prompt, SiteOp
 
 INITS = ("random", "vocab")
 _SPECIAL_TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",
@@ -201,6 +202,10 @@ class PromptTuning(Method):
         for _, later in entries[1:]:
             later.register_forward_pre_hook(prompt.extend_cross_attention_mask, with_kwargs=True)
         return Injection(added=[join(entry_path, "prompt_tuning.weight")])
+
+    def mixed_batch_ops(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[SiteOp]:
+        return [Prompt(path.rpartition(".")[0], tensors[f"{path}.weight"], prompt.position, prompt.max_positions)
+                for path, prompt in modules_of_type(model, PromptEmbedding)]
 
     def check_input_length(self, model: nn.Module, max_length: int) -> None:
         for _, prompt in modules_of_type(model, PromptEmbedding):

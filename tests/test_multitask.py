@@ -1,0 +1,259 @@
+"""One backbone, many tasks: every row of a mixed batch equals its own adapter loaded alone.
+
+Over every registered method × every supported family, with trained-looking (perturbed) parameters and heads of
+different label counts, a task of another method and rows without a task in the same batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import (
+    ALL_FAMILIES,
+    ENCODER_FAMILIES,
+    TINY_OPTIONS,
+    model_output,
+    perturb_trainable,
+    tiny_config,
+    tiny_inputs,
+    tiny_model,
+)
+from transformers import AutoModelForMultipleChoice
+
+import pelt
+from pelt.methods import METHODS, get_method, make_config
+from pelt.multitask import MultiTaskModel
+
+METHOD_NAMES = sorted(METHODS)
+REFUSED = {"full", "intrinsic-said"}  # they change every weight: no shared backbone
+CASES = [(m, f) for m in METHOD_NAMES for f in ALL_FAMILIES]
+TOLERANCE = 1e-5
+
+
+def adapted(method: str, family: str, seed: int, num_labels: int = 2, *, backbone: torch.nn.Module | None = None,
+            **options) -> torch.nn.Module:
+    """A task model of `method` whose trained parameters (and head) look trained: moved away from their init."""
+    model = tiny_model(family, 0, num_labels=num_labels)
+    if backbone is not None:  # the weights of another model's backbone (its pooler left out where this has none)
+        model.base_model.load_state_dict(backbone.base_model.state_dict(), strict=False)
+    setup = {k: options.pop(k) for k in ("train_pooler", "pooling") if k in options}
+    pelt.apply_method(model, make_config(method, **{**TINY_OPTIONS.get(method, {}), **options}), **setup)
+    perturb_trainable(model, seed=seed)
+    return model.eval()
+
+
+def base_states(family: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return tiny_model(family, 0).base_model(**inputs).last_hidden_state
+
+
+def mixed(mt: MultiTaskModel, family: str, inputs: dict[str, torch.Tensor], tasks: list[str | None]):
+    with torch.no_grad():
+        return mt(**inputs, tasks=tasks)
+
+
+def row_output(out, family: str, row: int) -> torch.Tensor:
+    return out.logits[row]
+
+
+@pytest.mark.parametrize("method,family", CASES)
+def test_mixed_batch_equals_each_rows_own_adapter(method: str, family: str, tmp_path: Path) -> None:
+    mt = MultiTaskModel(tiny_model(family, 0))
+    if method in REFUSED:
+        pelt.save_adapter(adapted(method, family, seed=1), tmp_path / "a")
+        with pytest.raises(pelt.PeltError, match="cannot share a backbone"):
+            mt.add_task("t", tmp_path / "a")
+        assert not mt.tasks and not list(mt.sites)
+        return
+    labels = [2, 3, 1] if family != "t5" else [2, 2, 2]  # 1: a regression head
+    singles = {}
+    for i, count in enumerate(labels):
+        singles[f"t{i}"] = adapted(method, family, seed=10 + i, num_labels=count)
+        pelt.save_adapter(singles[f"t{i}"], tmp_path / f"a{i}")
+        mt.add_task(f"t{i}", tmp_path / f"a{i}")
+    other = "lora" if method != "lora" else "hadamard"
+    singles["other"] = adapted(other, family, seed=99)
+    mt.add_task("other", singles["other"])  # an adapted model in memory works as well as a folder
+
+    inputs = tiny_inputs(family, batch=6)
+    tasks = ["t0", "t1", "t2", None, "other", "t1"]
+    out = mixed(mt, family, inputs, tasks)
+    base = base_states(family, {k: v for k, v in inputs.items() if k != "decoder_input_ids"}) \
+        if family != "t5" else model_output(tiny_model(family, 0), inputs)
+    for row, task in enumerate(tasks):
+        if task is None:  # the backbone alone
+            if family == "t5":
+                got, want = out.logits[row], base[row]
+            else:
+                real = inputs["attention_mask"][row].bool()
+                got, want = out.last_hidden_state[row, : real.shape[0]][real], base[row][real]
+        else:
+            got, want = row_output(out, family, row), model_output(singles[task], inputs)[row]
+            alone = model_output(tiny_model(family, 0, num_labels=want.shape[-1]), inputs)[row]
+            assert (want - alone).abs().max() > 1e-3, "the adapted task should differ from the base model"
+        assert (got - want).abs().max() <= TOLERANCE, (task, (got - want).abs().max())
+
+    # adding and removing tasks leaves the others' rows unchanged; a task like t0 costs its own tensors exactly
+    third = adapted(method, family, seed=20)
+    before = mt.stored_bytes()
+    mt.add_task("t3", third)
+    own = sum(p.numel() * p.element_size() for n, p in third.named_parameters() if n in third.pelt_state.trainable)
+    assert mt.stored_bytes() - before == own
+    mt.remove_task("t1")
+    again = mixed(mt, family, inputs, ["t0", "t3", "t2", None, "other", "t3"])
+    for row in (0, 2, 3, 4):
+        assert torch.equal(again.last_hidden_state[row], out.last_hidden_state[row])
+        if row != 3 or family == "t5":
+            assert torch.equal(again.logits[row], out.logits[row])
+    with pytest.raises(pelt.PeltError, match="unknown task 't1'"):
+        mixed(mt, family, inputs, ["t1"] * 6)
+    for name in ("t0", "t2", "t3", "other"):
+        mt.remove_task(name)
+    assert mt.stored_bytes() == 0 and not list(mt.sites) and not list(mt.heads)
+
+
+def test_refusal_names_the_method_and_what_to_do_instead(tmp_path: Path) -> None:
+    mt = MultiTaskModel(tiny_model("bert", 0))
+    pelt.save_adapter(adapted("intrinsic-said", "bert", seed=1), tmp_path / "said")
+    with pytest.raises(pelt.PeltError, match=r"intrinsic-said.*pelt.merge"):
+        mt.add_task("said", tmp_path / "said")
+    with pytest.raises(pelt.PeltError, match=r"'full'.*pelt.load_adapter"):
+        mt.add_task("full", adapted("full", "bert", seed=1))
+
+
+def _multiple_choice(family: str, seed: int | None = None, method: str = "") -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = AutoModelForMultipleChoice.from_config(tiny_config(family)).eval()
+    if seed is None:
+        return model
+    pelt.apply_method(model, make_config(method, **TINY_OPTIONS.get(method, {})))
+    perturb_trainable(model, seed=seed)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_heads_of_every_kind_share_a_batch(family: str) -> None:
+    """Label counts 2 and 3, a regression head, a multiple-choice head (COPA-like), and on BERT the pooler trained
+    per task and mean / [CLS] pooling, all in one forward pass."""
+    # RoBERTa's multiple-choice head reads the pooler, which its sequence classifier is built without
+    base = _multiple_choice(family)
+    singles = {"two": adapted("hadamard", family, 1, backbone=base),
+               "three": adapted("lora", family, 2, num_labels=3, backbone=base),
+               "score": adapted("bitfit", family, 3, num_labels=1, backbone=base),
+               "choice": _multiple_choice(family, 4, "ia3")}
+    if family == "bert":
+        singles["pooler"] = adapted("hadamard", family, 30, backbone=base, train_pooler=True)
+        singles["mean"] = adapted("ia3", family, 31, backbone=base, pooling="mean")
+        singles["cls"] = adapted("ia3", family, 32, backbone=base, pooling="cls")
+    mt = MultiTaskModel(base)
+    for name, model in singles.items():
+        mt.add_task(name, model)
+    inputs = tiny_inputs(family, batch=2)
+    choice_inputs = {k: v.unsqueeze(1).expand(-1, 2, -1).flip(0) for k, v in inputs.items()}  # 2 choices each
+    flat = {k: v.reshape(-1, v.shape[-1]) for k, v in choice_inputs.items()}
+    names = [n for n in singles if n != "choice"]
+    rows = {k: torch.cat([inputs[k].repeat(len(names), 1), flat[k]]) for k in inputs}
+    tasks = [n for n in names for _ in range(2)] + ["choice"] * 4
+    out = mixed(mt, family, rows, tasks)
+    for i, name in enumerate(names):
+        want = model_output(singles[name], inputs)
+        for row in range(2):
+            assert (out.logits[2 * i + row] - want[row]).abs().max() <= TOLERANCE, name
+    want = model_output(singles["choice"], choice_inputs)  # (examples, choices)
+    got = torch.stack([torch.cat(out.logits[len(names) * 2 + 2 * e: len(names) * 2 + 2 * e + 2]) for e in range(2)])
+    assert got.shape == want.shape and (got - want).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_t5_generates_each_row_with_its_own_adapter(num_beams: int) -> None:
+    singles = {"lora": adapted("lora", "t5", 1), "prompt": adapted("prompt-tuning", "t5", 2),
+               "adapter": adapted("compacter", "t5", 3)}
+    for model in singles.values():  # visible changes, so that the generations differ between tasks
+        with torch.no_grad():
+            for name in model.pelt_state.trainable:
+                model.get_parameter(name).mul_(20 if "prompt" not in name else 5)
+    mt = MultiTaskModel(tiny_model("t5", 0))
+    for name, model in singles.items():
+        mt.add_task(name, model)
+    inputs = tiny_inputs("t5", batch=2)
+    rows = {k: inputs[k].repeat(4, 1) for k in ("input_ids", "attention_mask")}
+    tasks = ["lora", "lora", "prompt", "prompt", "adapter", "adapter", None, None]
+    settings = {"max_new_tokens": 6, "num_beams": num_beams, "do_sample": False}
+    got = mt.generate(rows["input_ids"], rows["attention_mask"], tasks=tasks, **settings)
+    wanted = []
+    with torch.no_grad():
+        for model in [*singles.values(), tiny_model("t5", 0)]:
+            wanted += list(model.generate(**{k: inputs[k] for k in ("input_ids", "attention_mask")}, **settings))
+    width = max(len(w) for w in wanted)
+    wanted_padded = torch.stack([torch.nn.functional.pad(w, (0, width - len(w))) for w in wanted])
+    assert torch.equal(got[:, :width], wanted_padded)
+    assert len({tuple(w.tolist()) for w in wanted}) > 2, "the tasks should generate different texts"
+
+
+def test_prompts_share_a_batch_on_relative_positions() -> None:
+    """DeBERTa with relative attention and no absolute positions: each row keeps its own layout."""
+    config = tiny_config("deberta-v2")
+    config.relative_attention, config.position_biased_input, config.max_relative_positions = True, False, 16
+    models = []
+    for seed, options in ((1, {"num_tokens": 4}), (2, {"num_tokens": 2})):
+        torch.manual_seed(0)
+        model = type(tiny_model("deberta-v2"))(config).eval()
+        pelt.apply_method(model, make_config("prompt-tuning", **options))
+        perturb_trainable(model, seed=seed)
+        models.append(model.eval())
+    torch.manual_seed(0)
+    mt = MultiTaskModel(type(tiny_model("deberta-v2"))(config))
+    mt.add_task("long", models[0])
+    mt.add_task("short", models[1])
+    inputs = tiny_inputs("deberta-v2", batch=3)
+    out = mixed(mt, "deberta-v2", inputs, ["long", "short", "long"])
+    for row, model in ((0, models[0]), (1, models[1]), (2, models[0])):
+        assert (out.logits[row] - model_output(model, inputs)[row]).abs().max() <= TOLERANCE
+
+
+MERGE_CASES = [(m, f) for m in ("hadamard", "lora", "ia3", "bitfit") for f in ALL_FAMILIES] + \
+    [("hadamard-input", "bert")]
+
+
+@pytest.mark.parametrize("method,family", MERGE_CASES)
+def test_merging_one_task_gives_its_outputs_on_the_bare_backbone(method: str, family: str) -> None:
+    options = {"placement": "input"} if method == "hadamard-input" else {}
+    single = adapted(method.split("-")[0], family, 1, **options)
+    mt = MultiTaskModel(tiny_model(family, 0))
+    mt.add_task("task", single)
+    mt.add_task("other", adapted("adapter", family, 2))
+    original = {n: p.detach().clone() for n, p in mt.backbone.named_parameters()}
+    inputs = tiny_inputs(family, batch=2)
+    unmerged = mixed(mt, family, inputs, ["task", "task"])
+    if family == "t5" and method == "bitfit":  # a bias on T5's LayerNorms has no place in its weights
+        with pytest.raises(pelt.PeltError, match="cannot be merged"):
+            mt.merge("task")
+        assert all(torch.equal(p, original[n]) for n, p in mt.backbone.named_parameters())
+        return
+    mt.merge("task")
+    assert not any(site._handles for site in mt.sites.values()), "merged: the backbone runs without hooks"
+    merged = mixed(mt, family, inputs, ["task", "task"])
+    for a, b in zip(merged.logits, unmerged.logits):
+        assert (a - b).abs().max() <= TOLERANCE
+    with pytest.raises(pelt.PeltError, match="merged into it"):
+        mixed(mt, family, inputs, ["task", "other"])
+    mt.unmerge()
+    restored = dict(mt.backbone.named_parameters())
+    assert set(restored) == set(original)
+    assert all(torch.equal(restored[n], original[n]) for n in original)
+    assert torch.equal(torch.stack(list(mixed(mt, family, inputs, ["task", "task"]).logits)),
+                       torch.stack(list(unmerged.logits)))
+
+
+def test_merge_refuses_non_linear_adapters() -> None:
+    mt = MultiTaskModel(tiny_model("bert", 0))
+    mt.add_task("a", adapted("compacter", "bert", 1))
+    with pytest.raises(pelt.PeltError, match="cannot be merged"):
+        mt.merge("a")
+
+
+def test_every_shareable_method_declares_its_mixed_batch_form() -> None:
+    shareable = {name for name in METHODS if not get_method(name).sharing_refusal}
+    assert shareable == set(METHODS) - REFUSED
