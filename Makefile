@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/pelt train --method hadamard --task sst2 --data-dir $(GLUE) \
 		--max-train-samples 8000 --epochs 3 --batch-size 32 --warmup-ratio 0.06 --lr 1e-2 --head-epochs 1 \
-		--head-lr 1e-2 --train-pooler \
+		--head-lr 1e-2 \
 		--output-dir $(OUT) --overwrite
 
 test: setup

@@ -335,7 +335,7 @@ def test_final_metrics_and_eval_come_from_the_best_checkpoint(capsys, tiny_model
     dev_rows = [(text, 1) for text, _ in separable_rows(16, seed=1)]
     data = write_sst2(tmp_path / "skewed", train_rows, dev_rows)
     out_dir = tmp_path / "out"
-    argv = train_args(tiny_model_dir, data, out_dir)
+    argv = train_args(tiny_model_dir, data, out_dir, "--pooling", "pooler")  # the random pooler says positive
     argv[argv.index("--epochs") + 1] = "2"
     argv[argv.index("--head-lr") + 1] = "1e-9"
     rc, out, err = run(capsys, *argv)

@@ -111,3 +111,43 @@ def test_a_failing_method_gives_the_pooler_back() -> None:
     with pytest.raises(PeltError):
         pelt.apply_method(model, pelt.make_config("compacter", n=3), pooling="mean")  # 3 does not divide 32
     assert model.bert.pooler is pooler
+
+
+# ---- the default: mean pooling where the checkpoint's pooler was never trained -------------------------------
+
+
+def _train(capsys, model_dir, data, out_dir, *extra) -> tuple[dict, str]:
+    from conftest import run
+
+    rc, out, err = run(capsys, "train", "--model", model_dir, "--task", "sst2", "--data-dir", data, "--output-dir",
+                       out_dir, "--epochs", 1, "--head-epochs", 0, "--batch-size", 8, *extra)
+    assert rc == 0, err
+    return pelt.read_adapter_config(out_dir / "adapter"), out
+
+
+def test_an_untrained_pooler_makes_mean_pooling_the_default(capsys, tiny_model_dir, tiny_glue, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    # the tiny checkpoint's pooler bias is all zeros, as the bundled MiniLM's: never trained
+    config, out = _train(capsys, tiny_model_dir, tiny_glue, tmp_path / "auto")
+    assert config["pooling"] == "mean"
+    assert "pooling mean: this checkpoint's pooler was never trained" in out
+    saved = load_file(str(tmp_path / "auto" / "adapter" / "adapter_model.safetensors"))
+    assert not [name for name in saved if "pooler" in name]
+    assert sum(t.numel() for n, t in saved.items() if n.startswith("classifier.")) == 32 * 2 + 2
+
+    config, out = _train(capsys, tiny_model_dir, tiny_glue, tmp_path / "kept", "--pooling", "pooler")
+    assert config["pooling"] is None and "pooling mean" not in out
+    config, _ = _train(capsys, tiny_model_dir, tiny_glue, tmp_path / "trained", "--train-pooler")
+    assert config["pooling"] is None and config["train_pooler"] is True
+
+
+def test_a_trained_pooler_stays_the_default(capsys, tiny_model_dir, tiny_glue, tmp_path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.bert.pooler.dense.bias.fill_(0.01)  # what any training leaves
+    model.save_pretrained(tiny_model_dir)
+    config, out = _train(capsys, tiny_model_dir, tiny_glue, tmp_path / "run")
+    assert config["pooling"] is None and "pooling mean" not in out

@@ -142,9 +142,11 @@ def _build_parser(method_name: str | None,
     train.add_argument("--train-pooler", action="store_true",
                        help="train BERT's pooler as part of the task head (for checkpoints whose pooler was never "
                             "trained, such as sentence-embedding models like the bundled MiniLM)")
-    train.add_argument("--pooling", choices=["cls", "mean"],
+    train.add_argument("--pooling", choices=["cls", "mean", "pooler"],
                        help="replace BERT's pooler by the [CLS] state or the mean of the tokens' states (nothing "
-                            "trained: a task stores only its classifier); not with --train-pooler")
+                            "trained: a task stores only its classifier), or keep the pooler as it is; default: mean "
+                            "where the checkpoint's pooler was never trained (as the bundled MiniLM's), else the "
+                            "pooler; not with --train-pooler")
     if method_name:
         _add_method_options(train, get_method(method_name).config_class)
 
@@ -365,7 +367,7 @@ def _train(args: argparse.Namespace) -> None:
         results = finetune(args.task, method, config, model=args.model, data_dir=args.data_dir,
                            max_train_samples=args.max_train_samples, train_pooler=args.train_pooler,
                            pooling=args.pooling, split_protocol=args.split_protocol, split_seed=args.split_seed,
-                           on_start=show)
+                           on_start=show, on_note=lambda line: print(f"pelt: {line}", flush=True))
     except KeyboardInterrupt:
         print(f"\ninterrupted; the last completed checkpoint (if any) is in {args.output_dir}", file=sys.stderr)
         raise

@@ -71,6 +71,24 @@ def head_parameter_names(model: nn.Module, *, train_pooler: bool = False) -> lis
 
 
 POOLINGS = ("cls", "mean")
+KEEP_POOLER = "pooler"  # pelt train's --pooling value for "the checkpoint's own pooler, as it is"
+
+
+def default_pooling(model: nn.Module, pooling: str | None, train_pooler: bool) -> str | None:
+    """The pooling a run uses: as asked, or mean pooling when BERT's pooler was never trained.
+
+    A pooler left untrained (sentence-embedding checkpoints such as the bundled MiniLM ship its bias all zeros)
+    would either bottleneck a classifier as it is or have to be trained and stored with every task (147,840
+    values on MiniLM, 94% of a Hadamard task); the masked token mean those checkpoints were tuned through scores
+    as well and stores nothing. `pooling="pooler"` keeps the pooler as it is.
+    """
+    if pooling == KEEP_POOLER:
+        return None
+    if pooling is not None or train_pooler:
+        return pooling
+    path = pooler_path(model)
+    bias = getattr(getattr(model.get_submodule(path), "dense", None), "bias", None) if path else None
+    return "mean" if isinstance(bias, torch.Tensor) and not bool(bias.detach().abs().sum()) else None
 
 
 class TokenPooling(nn.Module):

@@ -14,7 +14,14 @@ import torch
 from torch import nn
 from transformers import set_seed
 
-from pelt.core import ParameterReport, apply_method, load_adapter, parameter_report, read_adapter_config
+from pelt.core import (
+    ParameterReport,
+    apply_method,
+    default_pooling,
+    load_adapter,
+    parameter_report,
+    read_adapter_config,
+)
 from pelt.errors import PeltError
 from pelt.methods import MethodConfig, get_method
 from pelt.models import build_model_from_config, is_seq2seq, load_config, load_pretrained, resolve_model
@@ -58,12 +65,15 @@ def finetune(
     split_protocol: SplitProtocol = "standard",
     split_seed: int = 42,
     on_start: Any = None,
+    on_note: Any = None,
 ) -> dict[str, Any]:
     """Load a base model, apply `method`, train on `task`, and return the results (also in results.json).
 
     Encoders train the task's encoder formulation, T5 text to text. Unset hyper-parameters of `train_config`
     take the task's protocol defaults. `on_start(report, config)` is called with the parameter report and the
-    resolved configuration before training starts (the CLI prints them).
+    resolved configuration before training starts (the CLI prints them), `on_note(line)` with choices pelt made
+    that the caller did not ask for. `pooling` is "cls", "mean", "pooler" (BERT's pooler as it is) or None: mean
+    pooling where the checkpoint's pooler was never trained, else the pooler (`pelt.core.default_pooling`).
     """
     spec = get_task(task)
     train_config = train_config.for_task(spec)
@@ -73,7 +83,12 @@ def finetune(
                        max_train_samples=max_train_samples, seed=split_seed)
     set_seed(train_config.seed)
     base, tokenizer = load_task_model(spec, model)
-    apply_method(base, method, train_pooler=train_pooler, pooling=pooling)
+    chosen = default_pooling(base, pooling, train_pooler)
+    if chosen != pooling and pooling is None and on_note:
+        on_note("pooling mean: this checkpoint's pooler was never trained (its bias is all zeros), so the classifier "
+                "reads the mean of the tokens' states and no pooler is stored per task; --pooling pooler keeps it "
+                "as it is, --train-pooler trains it")
+    apply_method(base, method, train_pooler=train_pooler, pooling=chosen)
     get_method(method.method).check_input_length(base, train_config.max_length)
     formulation = formulation_for(spec, base.config, tokenizer, train_config.max_length,
                                   target_style=train_config.target_style, task_prefix=train_config.task_prefix)

@@ -38,6 +38,7 @@ from pelt.core import (
     WEIGHTS_NAME,
     PeltState,
     apply_method,
+    default_pooling,
     head_parameter_names,
     load_trained_weights,
     parameter_report,
@@ -200,7 +201,8 @@ def shared_models(specs: list[TaskSpec], method: MethodConfig, model: str | None
         task_model, tokenizer = load_task_model(spec, model)
         if getattr(task_model.config, "is_encoder_decoder", False):
             raise PeltError("shared adapters with separate heads need an encoder; T5 shares everything text to text")
-        if not models:
+        if not models:  # as pelt train chooses, so that the per-task adapters compare
+            pooling = default_pooling(task_model, pooling, train_pooler)
             apply_method(task_model, method, train_pooler=train_pooler, pooling=pooling)
         else:
             first = models[0]
