@@ -77,8 +77,9 @@ def test_mixed_batch_equals_each_rows_own_adapter(method: str, family: str, tmp_
     singles["other"] = adapted(other, family, seed=99)
     mt.add_task("other", singles["other"])  # an adapted model in memory works as well as a folder
 
-    inputs = tiny_inputs(family, batch=6)
-    tasks = ["t0", "t1", "t2", None, "other", "t1"]
+    inputs = tiny_inputs(family, batch=6, length=8)
+    inputs["attention_mask"][[0, 1, 2, 5], -4:] = 0  # the tasks' rows short, the others full: with 4 prompt
+    tasks = ["t0", "t1", "t2", None, "other", "t1"]  # tokens, no row is wider than before
     out = mixed(mt, family, inputs, tasks)
     base = base_states(family, {k: v for k, v in inputs.items() if k != "decoder_input_ids"}) \
         if family != "t5" else model_output(tiny_model(family, 0), inputs)
@@ -192,25 +193,37 @@ def test_t5_generates_each_row_with_its_own_adapter(num_beams: int) -> None:
     assert len({tuple(w.tolist()) for w in wanted}) > 2, "the tasks should generate different texts"
 
 
-def test_prompts_share_a_batch_on_relative_positions() -> None:
-    """DeBERTa with relative attention and no absolute positions: each row keeps its own layout."""
+def _deberta_v3_like(method: str | None = None, seed: int = 0, **options) -> torch.nn.Module:
+    """DeBERTa-v3's attention: relative positions only, their embeddings normalized and run through each layer's
+    query and key projections (share_att_key)."""
     config = tiny_config("deberta-v2")
-    config.relative_attention, config.position_biased_input, config.max_relative_positions = True, False, 16
-    models = []
-    for seed, options in ((1, {"num_tokens": 4}), (2, {"num_tokens": 2})):
-        torch.manual_seed(0)
-        model = type(tiny_model("deberta-v2"))(config).eval()
-        pelt.apply_method(model, make_config("prompt-tuning", **options))
-        perturb_trainable(model, seed=seed)
-        models.append(model.eval())
+    config.update({"relative_attention": True, "position_biased_input": False, "max_relative_positions": 16,
+                   "pos_att_type": ["p2c", "c2p"], "share_att_key": True, "norm_rel_ebd": "layer_norm"})
     torch.manual_seed(0)
-    mt = MultiTaskModel(type(tiny_model("deberta-v2"))(config))
-    mt.add_task("long", models[0])
-    mt.add_task("short", models[1])
-    inputs = tiny_inputs("deberta-v2", batch=3)
-    out = mixed(mt, "deberta-v2", inputs, ["long", "short", "long"])
-    for row, model in ((0, models[0]), (1, models[1]), (2, models[0])):
-        assert (out.logits[row] - model_output(model, inputs)[row]).abs().max() <= TOLERANCE
+    model = type(tiny_model("deberta-v2"))(config).eval()
+    if method:
+        pelt.apply_method(model, make_config(method, **{**TINY_OPTIONS.get(method, {}), **options}))
+        perturb_trainable(model, seed=seed)
+    return model.eval()
+
+
+def test_relative_positions_keep_each_rows_layout_and_refuse_what_they_share() -> None:
+    """Prompts of two lengths, a Hadamard task and rows without a task on DeBERTa-v3-like attention; methods that
+    change the modules the shared position embeddings run through are refused in one line."""
+    singles = {"long": _deberta_v3_like("prompt-tuning", 1, num_tokens=4),
+               "short": _deberta_v3_like("prompt-tuning", 2, num_tokens=2), "had": _deberta_v3_like("hadamard", 3)}
+    mt = MultiTaskModel(_deberta_v3_like())
+    for name, model in singles.items():
+        mt.add_task(name, model)
+    inputs = tiny_inputs("deberta-v2", batch=4)
+    tasks = ["long", "short", "had", "long"]
+    out = mixed(mt, "deberta-v2", inputs, tasks)
+    for row, task in enumerate(tasks):
+        assert (out.logits[row] - model_output(singles[task], inputs)[row]).abs().max() <= TOLERANCE
+    for method, where in (("lora", "query_proj"), ("bitfit", "query_proj"), ("adapter", "encoder.LayerNorm")):
+        with pytest.raises(pelt.PeltError, match=rf"\({method}\) changes .*{where}.*relative-position"):
+            mt.add_task(method, _deberta_v3_like(method, 4))
+        assert method not in mt.tasks
 
 
 MERGE_CASES = [(m, f) for m in ("hadamard", "lora", "ia3", "bitfit") for f in ALL_FAMILIES] + \
@@ -235,8 +248,9 @@ def test_merging_one_task_gives_its_outputs_on_the_bare_backbone(method: str, fa
     mt.merge("task")
     assert not any(site._handles for site in mt.sites.values()), "merged: the backbone runs without hooks"
     merged = mixed(mt, family, inputs, ["task", "task"])
-    for a, b in zip(merged.logits, unmerged.logits):
-        assert (a - b).abs().max() <= TOLERANCE
+    want = model_output(single, inputs)
+    for row, got in enumerate(merged.logits):
+        assert (got - want[row]).abs().max() <= TOLERANCE
     with pytest.raises(pelt.PeltError, match="merged into it"):
         mixed(mt, family, inputs, ["task", "other"])
     mt.unmerge()
@@ -255,5 +269,32 @@ def test_merge_refuses_non_linear_adapters() -> None:
 
 
 def test_every_shareable_method_declares_its_mixed_batch_form() -> None:
-    shareable = {name for name in METHODS if not get_method(name).sharing_refusal}
-    assert shareable == set(METHODS) - REFUSED
+    from pelt.methods.base import Method
+
+    for name in METHODS:
+        declares = type(get_method(name)).mixed_batch_ops is not Method.mixed_batch_ops
+        assert declares == (name not in REFUSED), name
+        assert bool(get_method(name).sharing_refusal) == (name in REFUSED), name
+
+
+def test_the_layernorm_only_ablation_shares_a_batch() -> None:
+    single = adapted("hadamard", "bert", 1, train_weight=False, train_bias=False)
+    mt = MultiTaskModel(tiny_model("bert", 0))
+    mt.add_task("ln", single)
+    inputs = tiny_inputs("bert", batch=2)
+    out = mixed(mt, "bert", inputs, ["ln", "ln"])
+    assert (torch.stack(out.logits) - model_output(single, inputs)).abs().max() <= TOLERANCE
+
+
+def test_left_padded_rows_with_prompts_are_refused() -> None:
+    mt = MultiTaskModel(tiny_model("bert", 0))
+    mt.add_task("p", adapted("prompt-tuning", "bert", 1))
+    inputs = tiny_inputs("bert", batch=2)
+    inputs["attention_mask"] = inputs["attention_mask"].flip(1)
+    with pytest.raises(pelt.PeltError, match="padded on the right"):
+        mixed(mt, "bert", inputs, ["p", None])
+
+
+def test_an_adapted_model_is_not_a_backbone() -> None:
+    with pytest.raises(pelt.PeltError, match="plain base model"):
+        MultiTaskModel(adapted("hadamard", "bert", 1))

@@ -19,7 +19,7 @@ from pelt.tasks.formats import copa_choices, encoder_segments, t5_input
 
 LABELS = {"sst2": ["negative", "positive"], "mrpc": ["not_equivalent", "equivalent"], "stsb": [],
           "copa": ["choice1", "choice2"], "rte": ["entailment", "not_entailment"],
-          "cb": ["entailment", "contradiction", "neutral"]}
+          "cb": ["entailment", "contradiction", "neutral"], "record": []}
 KINDS = {"copa": "multiple-choice"}
 
 
@@ -181,6 +181,8 @@ def test_bad_input_is_one_line_naming_file_and_line(capsys: pytest.CaptureFixtur
     refused(b'{"task": "sst2", "sentence": 5}\n', "line 1", "field 'sentence' must be a non-empty string")
     refused(b"sentence\tlabel\nw5\t1\nw6\n", "in.tsv line 3", "1 columns, the header has 2", folders=(sst2,),
             name="in.tsv")
+    refused(b'{"task": ["sst2"], "sentence": "w5"}\n', "line 1", "'task' field must be a task name")
+    refused(b'{"task": "sst2", "sentence": "w5", "id": NaN}\n', "line 1", "NaN is not a JSON value")
     refused(ok, "--batch-size must be at least 1", extra=("--batch-size", "0"))
     refused(ok, "--device 'gpu'", extra=("--device", "gpu"))
 
@@ -195,6 +197,10 @@ def test_bad_input_is_one_line_naming_file_and_line(capsys: pytest.CaptureFixtur
     config["task"] = "rte"
     (t5_like / "adapter_config.json").write_text(json.dumps(config))
     refused(ok, "was trained on", "hidden 64", folders=(sst2, t5_like))
+
+    for argv, fact in ((["--output", ""], "--output is empty"), (["--output", tmp_path], "is a folder")):
+        assert_bad_input(capsys, ["predict", "--adapter", sst2, "--input", tmp_path / "in.jsonl", *argv], fact)
+    assert_bad_input(capsys, ["predict", "--adapter", sst2, "--input", tmp_path], "is a folder")
 
     output.write_text("kept\n")  # an existing answer file is kept unless --overwrite
     assert_bad_input(capsys, ["predict", "--adapter", sst2, "--input", tmp_path / "in.jsonl", "--output", output],
@@ -219,3 +225,26 @@ def test_two_adapters_of_one_task_must_be_named(capsys: pytest.CaptureFixture, t
     rc, out, err = run(capsys, "predict", "--adapter", f"a={first}", "--adapter", f"b={second}", "--input", source)
     assert rc == 0, err
     assert json.loads(out)["task"] == "b"
+
+
+def test_record_answers_with_the_best_scoring_entity(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                     tiny_model_dir: Path, tokenizer) -> None:
+    from pelt.tasks.formats import record_candidates
+
+    model = make_adapter(tmp_path / "record", tiny_model_dir, "record", "hadamard", seed=4)
+    example = {"passage": "w5 w6 w7 w8", "query": "w9 @placeholder w10", "entities": ["w11", "w12 w13", "w14"]}
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(example) + "\n")
+    rc, out, err = run(capsys, "predict", "--adapter", tmp_path / "record", "--input", source)
+    assert rc == 0, err
+    answer = json.loads(out)
+    scores = {}
+    for texts, entity, _ in record_candidates(get_task("record"), {**example, "answers": []}):
+        with torch.no_grad():
+            logits = model(**tokenizer(*texts, truncation=True, max_length=24, return_tensors="pt")).logits[0]
+        scores[entity] = float(logits[1] - logits[0])
+    assert answer["answer"] == max(scores, key=scores.get)
+    assert answer["scores"] == pytest.approx(scores, abs=1e-5)
+    source.write_text(json.dumps({**example, "entities": []}) + "\n")
+    assert_bad_input(capsys, ["predict", "--adapter", tmp_path / "record", "--input", source],
+                     "line 1", "'entities' must be a non-empty list")

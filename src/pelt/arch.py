@@ -237,5 +237,22 @@ def pooler_path(model: nn.Module) -> str | None:
     return path if any(True for _ in module.parameters()) else None
 
 
+def batch_shared_modules(backbone: nn.Module) -> set[str]:
+    """Modules of a backbone (paths relative to it) that also run on an input every row of the batch shares:
+    DeBERTa's relative-position embeddings pass through the embedding LayerNorm (norm_rel_ebd) and, with
+    share_att_key, each layer's query and key projections. A change that differs per row has no row to follow
+    there."""
+    config = backbone.config
+    if get_arch(config).family != "deberta-v2" or not getattr(config, "relative_attention", False):
+        return set()
+    paths = set()
+    if "layer_norm" in str(getattr(config, "norm_rel_ebd", "none")).lower():
+        paths.add("encoder.LayerNorm")
+    if getattr(config, "share_att_key", False):
+        for layer in iter_layers(backbone):
+            paths |= {layer.site("attention_query"), layer.site("attention_key")}
+    return {p for p in paths if p}
+
+
 def is_layer_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("LayerNorm")

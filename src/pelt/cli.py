@@ -400,13 +400,13 @@ def _adapter_arguments(values: list[str]) -> dict[str, str]:
     named: dict[str, str] = {}
     unnamed: list[str] = []
     for value in values:
-        name, sep, folder = value.partition("=")
+        name, sep, folder = (part.strip() for part in value.partition("="))
         if sep and not Path(value).exists():
-            if not name.strip() or not folder.strip():
+            if not name or not folder:
                 raise PeltError(f"--adapter takes DIR or NAME=DIR, got {value!r}")
             if name in named:
                 raise PeltError(f"--adapter names task {name!r} twice")
-            named[name.strip()] = folder.strip()
+            named[name] = folder
         else:
             unnamed.append(value)
     for name, folder in (task_names(unnamed) if unnamed else {}).items():
@@ -427,6 +427,8 @@ def _predict(args: argparse.Namespace) -> None:
     for flag, value in (("--batch-size", args.batch_size), ("--num-beams", args.num_beams)):
         if value < 1:
             raise PeltError(f"{flag} must be at least 1, got {value}")
+    if args.output == "":
+        raise PeltError("--output is empty; give a file name, or leave it out for stdout")
     if args.output and args.output != "-":
         target = Path(args.output)
         if target.is_dir():
@@ -437,6 +439,8 @@ def _predict(args: argparse.Namespace) -> None:
             raise PeltError("--output is the --input file; write the answers to another file")
         if target.exists() and not args.overwrite:
             raise PeltError(f"--output {args.output} exists; pass --overwrite to replace it, or another file")
+        if not os.access(target.parent, os.W_OK):
+            raise PeltError(f"--output {args.output}: folder {target.parent} is not writable")
     device = _device(args.device)
     adapters = _adapter_arguments(args.adapter)
     tasks = {}
@@ -450,6 +454,8 @@ def _predict(args: argparse.Namespace) -> None:
     examples, names = [], []
     for line, example in read_examples(args.input, args.input_format):
         name = example.get(TASK_FIELD)
+        if name is not None and not isinstance(name, str):
+            raise PeltError(f"{source} line {line}: the '{TASK_FIELD}' field must be a task name, got {name!r}")
         if name is None:
             if len(adapters) > 1:
                 raise PeltError(f"{source} line {line}: no '{TASK_FIELD}' field; with several adapters each line names "

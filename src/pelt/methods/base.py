@@ -218,8 +218,9 @@ def trained_norm_ops(model: nn.Module, names: list[str], tensors: dict[str, torc
         path, _, leaf = name.rpartition(".")
         if is_layer_norm(model.get_submodule(path)):
             by_module.setdefault(path, {})[leaf] = tensors[name]
-    return [NormParams(path, parts["weight"], parts.get("bias")) for path, parts in by_module.items()
-            if "weight" in parts]
+    if any("weight" not in parts for parts in by_module.values()):
+        raise RuntimeError("a norm with only its bias trained is a bias change: declare it as Bias ops")
+    return [NormParams(path, parts["weight"], parts.get("bias")) for path, parts in by_module.items()]
 
 
 # ---- layer selection, shared by every method that can be restricted to some layers --------------------------

@@ -26,7 +26,7 @@ from pelt.methods.base import (
     replace_module,
     trained_norm_ops,
 )
-from pelt.methods.ops import Affine, SiteOp
+from pelt.methods.ops import Affine, SiteOp, fold_affine
 
 PLACEMENTS = ("output", "input")
 
@@ -79,18 +79,9 @@ class HadamardLinear(nn.Module):
     def merge(self) -> None:
         if self.merged:
             return
-        linear, w, b = self.base_layer, self.hadamard_weight, self.hadamard_bias
-        if linear.bias is None:  # T5 projections have no bias: merging b needs one
-            linear.bias = nn.Parameter(torch.zeros_like(linear.weight[:, 0]), requires_grad=False)
-            self._bias_added_by_merge = True
-        if self.placement == "output":
-            # W ⊙ (W_o x + b_o) + b = (diag(W) W_o) x + (W ⊙ b_o + b)
-            linear.weight.mul_(w[:, None])
-            linear.bias.mul_(w).add_(b)
-        else:
-            # W_o (W ⊙ x + b) + b_o = (W_o diag(W)) x + (W_o b + b_o)
-            linear.bias.add_(linear.weight @ b)
-            linear.weight.mul_(w[None, :])
+        # T5 projections have no bias: merging b adds one
+        self._bias_added_by_merge = fold_affine(self.base_layer, self.placement, self.hadamard_weight,
+                                                self.hadamard_bias)
         self.merged = True
 
     @torch.no_grad()
@@ -143,7 +134,9 @@ class Hadamard(Method):
         return injection
 
     def mixed_batch_ops(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> list[SiteOp]:
-        side = "output" if model.pelt_state.config.placement == "output" else "input"
-        ops: list[SiteOp] = [Affine(path, side, tensors.get(f"{path}.hadamard_weight"), tensors.get(f"{path}.hadamard_bias"))
-                             for path, _ in modules_of_type(model, HadamardLinear)]
+        ops: list[SiteOp] = []
+        for path, module in modules_of_type(model, HadamardLinear):
+            weight, bias = tensors.get(f"{path}.hadamard_weight"), tensors.get(f"{path}.hadamard_bias")
+            if weight is not None or bias is not None:  # W and b untrained (the LayerNorm-only ablation): identity
+                ops.append(Affine(path, module.placement, weight, bias))
         return ops + trained_norm_ops(model, model.pelt_state.unfrozen, tensors)

@@ -28,7 +28,7 @@ from pelt.methods.base import (
     register_method,
     replace_module,
 )
-from pelt.methods.ops import Affine, SiteOp
+from pelt.methods.ops import Affine, SiteOp, fold_affine
 from pelt.methods.lora import check_targets, target_projections
 
 # target -> (site, which side of the projection is scaled)
@@ -70,13 +70,7 @@ class ScaledLinear(nn.Module):
     def merge(self) -> None:
         if self.merged:
             return
-        linear, s = self.base_layer, self.ia3_scale
-        if self.side == "output":
-            linear.weight.mul_(s[:, None])
-            if linear.bias is not None:
-                linear.bias.mul_(s)
-        else:
-            linear.weight.mul_(s[None, :])
+        fold_affine(self.base_layer, self.side, self.ia3_scale, None)
         self.merged = True
 
     @torch.no_grad()

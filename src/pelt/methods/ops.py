@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,25 @@ class Prompt:
 
 
 SiteOp = Affine | Bias | NormParams | LowRankUpdate | Bottleneck | Prompt
+
+
+@torch.no_grad()
+def fold_affine(linear: nn.Linear, side: str, scale: torch.Tensor | None, shift: torch.Tensor | None) -> bool:
+    """Fold `⊙ s + t` on a linear layer's input or output into its weight and bias (exact: the map is linear).
+    Returns whether a bias had to be added (T5's projections have none)."""
+    added = shift is not None and linear.bias is None
+    if added:
+        linear.bias = nn.Parameter(torch.zeros_like(linear.weight[:, 0]), requires_grad=False)
+    if side == "output":  # (W x + b) ⊙ s + t = (diag(s) W) x + (s ⊙ b + t)
+        if scale is not None:
+            linear.weight.mul_(scale[:, None])
+            if linear.bias is not None:
+                linear.bias.mul_(scale)
+        if shift is not None:
+            linear.bias.add_(shift)
+    else:  # W (x ⊙ s + t) + b = (W diag(s)) x + (W t + b)
+        if shift is not None:
+            linear.bias.add_(linear.weight @ shift)
+        if scale is not None:
+            linear.weight.mul_(scale[None, :])
+    return added

@@ -63,7 +63,7 @@ def _positional_names(module_type: type) -> tuple[str, ...]:
     return tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-def _as_kwargs(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+def call_kwargs(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
     """A forward call's arguments all by name, so a hook can replace input_ids by inputs_embeds."""
     if not args:
         return dict(kwargs)
@@ -92,7 +92,7 @@ class PromptEmbedding(nn.Module):
 
     def prepend(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
         """Forward pre-hook of the module that embeds the input."""
-        kwargs = _as_kwargs(module, args, kwargs)
+        kwargs = call_kwargs(module, args, kwargs)
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
             if kwargs.get("input_ids") is None:
@@ -124,7 +124,7 @@ class PromptEmbedding(nn.Module):
         self, module: nn.Module, args: tuple, kwargs: dict[str, Any]
     ) -> tuple[tuple, dict[str, Any]] | None:
         """Forward pre-hook of a decoder stack: its cross-attention mask must cover the prompt too."""
-        kwargs = _as_kwargs(module, args, kwargs)
+        kwargs = call_kwargs(module, args, kwargs)
         states, mask = kwargs.get("encoder_hidden_states"), kwargs.get("encoder_attention_mask")
         if states is None or mask is None or mask.dim() != 2 or mask.shape[1] + self.num_tokens != states.shape[1]:
             return None

@@ -25,7 +25,7 @@ from transformers.activations import ACT2FN
 
 from pelt.errors import PeltError
 from pelt.methods.ops import Projection
-from pelt.methods.prompt import _as_kwargs
+from pelt.methods.prompt import call_kwargs
 
 
 @dataclass
@@ -33,19 +33,22 @@ class Routing:
     """The task of every input row of the forward pass in progress."""
 
     rows: torch.Tensor  # (R,) task ids, 0 = no task
+    expansions: tuple[int, ...] = ()  # how many copies of each row a generation makes (beams, returned sequences)
     widened_mask: torch.Tensor | None = None  # the attention mask once prompts are in (set by the prompt hook)
     _expanded: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def ids_for(self, batch: int) -> torch.Tensor:
-        """Task ids for a module input of `batch` rows: the rows themselves, or each repeated (choices of a
-        multiple-choice example flattened by the model, beams of a generation)."""
+        """Task ids for a module input of `batch` rows: the rows themselves, or each row repeated for its beams.
+        Anything else is not the routed rows (say, position embeddings a model runs through a projection) and must
+        never reach a site: refused, rather than read as rows."""
         count = self.rows.shape[0]
         if batch == count:
             return self.rows
-        if batch % count:
-            raise RuntimeError(f"a module saw {batch} rows, which does not extend the {count} routed rows")
         if batch not in self._expanded:
-            self._expanded[batch] = self.rows.repeat_interleave(batch // count)
+            factor = batch // count if batch % count == 0 else 0
+            if factor not in self.expansions:
+                raise RuntimeError(f"a hooked module saw {batch} rows for {count} routed rows")
+            self._expanded[batch] = self.rows.repeat_interleave(factor)
         return self._expanded[batch]
 
 
@@ -109,13 +112,33 @@ class AffineBank(Bank):
             identity["shift"] = torch.zeros(size, dtype=like.dtype, device=like.device)
         super().__init__(identity)
 
-    def apply(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, routing: Routing, *, in_place: bool = False) -> torch.Tensor:
+        """`in_place` on a module's fresh output (nothing else holds it yet): one pass over it instead of two."""
         slots = self.slots(routing, x.shape[0])
         if "scale" in self.fields:
-            x = x * _per_row(self.gather("scale", slots), x)
+            scale = _per_row(self.gather("scale", slots), x)
+            x = x.mul_(scale) if in_place else x * scale
         if "shift" in self.fields:
-            x = x + _per_row(self.gather("shift", slots), x)
+            shift = _per_row(self.gather("shift", slots), x)
+            x = x.add_(shift) if in_place else x + shift
         return x
+
+
+class BiasBank(Bank):
+    """Each row's own bias of a linear layer (BitFit), added by the layer's own matrix product: the bias rows are
+    where the product accumulates, as a plain linear layer's bias is, so a row's bias costs no extra pass."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        bias = linear.bias if linear.bias is not None else torch.zeros_like(linear.weight[:, 0])
+        super().__init__({"bias": bias.detach()})
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, routing: Routing) -> torch.Tensor:
+        rows = self.gather("bias", self.slots(routing, x.shape[0]))
+        flat = x.reshape(-1, x.shape[-1])
+        out = rows.new_empty(x.shape[0], flat.shape[0] // x.shape[0], weight.shape[0])
+        out.copy_(rows.unsqueeze(1).expand_as(out))  # what a plain linear layer writes first: its bias, per row
+        torch.addmm(out.view(flat.shape[0], -1), flat, weight.t(), out=out.view(flat.shape[0], -1))
+        return out.view(*x.shape[:-1], weight.shape[0])
 
 
 class LowRankBank(Bank):
@@ -216,16 +239,23 @@ class NormBank(Bank):
 
     def __init__(self, norm: nn.Module) -> None:
         identity = {"weight": norm.weight}
-        if isinstance(getattr(norm, "bias", None), nn.Parameter):
+        if self.has_bias(norm):
             identity["bias"] = norm.bias
-        if isinstance(norm, nn.LayerNorm):
-            kind, eps, shape = "layernorm", norm.eps, tuple(norm.normalized_shape)
-        elif hasattr(norm, "variance_epsilon") and "bias" not in identity:  # T5's RMS norm
-            kind, eps, shape = "rms", norm.variance_epsilon, tuple(norm.weight.shape)
-        else:
-            raise PeltError(f"pelt cannot give each task its own {type(norm).__name__} in a mixed batch")
         super().__init__(identity)
-        self.kind, self.eps, self.shape = kind, eps, shape
+        self.kind, self.eps, self.shape = self.kind_of(norm)
+
+    @staticmethod
+    def has_bias(norm: nn.Module) -> bool:
+        return isinstance(getattr(norm, "bias", None), nn.Parameter)
+
+    @staticmethod
+    def kind_of(norm: nn.Module) -> tuple[str, float, tuple[int, ...]]:
+        """How to normalize like `norm` ("layernorm" or T5's "rms"), with its epsilon and shape; refuses others."""
+        if isinstance(norm, nn.LayerNorm):
+            return "layernorm", norm.eps, tuple(norm.normalized_shape)
+        if hasattr(norm, "variance_epsilon") and not NormBank.has_bias(norm):
+            return "rms", norm.variance_epsilon, tuple(norm.weight.shape)
+        raise PeltError(f"pelt cannot give each task its own {type(norm).__name__} in a mixed batch")
 
     def apply(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         slots = self.slots(routing, x.shape[0])
@@ -247,7 +277,11 @@ class NormBank(Bank):
 
 
 class Site(nn.Module):
-    """The banks acting at one module of the backbone, and the hooks that run them while a routing is set."""
+    """The banks acting at one module of the backbone, and the hooks that run them while a routing is set.
+
+    A norm whose weights differ per row, or a linear layer whose bias does, is computed by the site itself (the
+    module's `forward` is the site's while attached), so the module's own result is not computed only to be
+    replaced."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
@@ -257,6 +291,7 @@ class Site(nn.Module):
         self.low_rank = nn.ModuleDict()
         self.bottleneck = nn.ModuleDict()
         self.norm: NormBank | None = None
+        self.bias: BiasBank | None = None
         self._handles: list[Any] = []
 
     @property
@@ -265,17 +300,27 @@ class Site(nn.Module):
 
     def banks(self) -> list[Bank]:
         groups = (self.input_affine, self.output_affine, self.low_rank, self.bottleneck)
-        return [b for group in groups for b in group.values()] + ([self.norm] if self.norm is not None else [])
+        return [b for group in groups for b in group.values()] + [b for b in (self.norm, self.bias) if b is not None]
 
     def attach(self) -> None:
         if not self._handles:
             self._handles = [self.module.register_forward_pre_hook(self._before),
                              self.module.register_forward_hook(self._after)]
+            self.module.forward = self._forward  # an instance attribute: the class's forward stays as it is
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self.module.__dict__.pop("forward", None)
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+        module, routing = self.module, ROUTING.get()
+        if routing is not None and self.norm is not None:
+            return self.norm.apply(args[0], routing)
+        if routing is not None and self.bias is not None:
+            return self.bias.linear(args[0], module.weight, routing)
+        return type(module).forward(module, *args, **kwargs)
 
     def _before(self, module: nn.Module, args: tuple) -> tuple | None:
         routing = ROUTING.get()
@@ -291,12 +336,11 @@ class Site(nn.Module):
         if routing is None:
             return None
         x, y = args[0], output
-        if self.norm is not None:
-            y = self.norm.apply(x, routing)
         for bank in self.low_rank.values():
             y = bank.apply(x, y, routing)
+        in_place = not (torch.is_grad_enabled() and y.requires_grad)  # the module's own output: no one else holds it
         for bank in self.output_affine.values():
-            y = bank.apply(y, routing)
+            y = bank.apply(y, routing, in_place=in_place)
         for bank in self.bottleneck.values():
             y = bank.apply(y, routing)
         return y
@@ -340,7 +384,7 @@ class PromptSite(nn.Module):
         routing = ROUTING.get()
         if routing is None:
             return None
-        kwargs = _as_kwargs(module, args, kwargs)
+        kwargs = call_kwargs(module, args, kwargs)
         embeds, ids = kwargs.get("inputs_embeds"), kwargs.get("input_ids")
         if embeds is None and ids is None:
             return None
@@ -362,6 +406,8 @@ class PromptSite(nn.Module):
         for block in gathered:  # a row has one prompt at most: the others are zeros
             prompts[:, : block.shape[1]] += block.to(embeds.dtype)
         mask = kwargs.get("attention_mask")
+        if mask is not None and bool(((mask[:, :1] == 0) & (mask.sum(dim=1, keepdim=True) > 0)).any()):
+            raise PeltError("rows with prompts must be padded on the right (the tokenizer's padding_side='right')")
         layout = _PromptLayout(lengths, min(self.position, embeds.shape[1]), mask, embeds.shape[1])
         if self.max_positions is not None and layout.width > self.max_positions:
             raise PeltError(f"{layout.width} tokens with their prompts exceed this model's {self.max_positions} "
@@ -379,13 +425,15 @@ class PromptSite(nn.Module):
         routing = ROUTING.get()
         if routing is None or routing.widened_mask is None:
             return None
-        kwargs = _as_kwargs(module, args, kwargs)
+        kwargs = call_kwargs(module, args, kwargs)
         states, mask = kwargs.get("encoder_hidden_states"), kwargs.get("encoder_attention_mask")
-        if states is None or mask is None or mask.dim() != 2 or mask.shape[1] == states.shape[1]:
+        if states is None or mask is None or mask.dim() != 2:
             return None
-        widened = routing.widened_mask
+        widened = routing.widened_mask  # always: the widened rows can be as wide as the original ones
         if widened.shape[0] != mask.shape[0]:  # beams
             widened = widened.repeat_interleave(mask.shape[0] // widened.shape[0], dim=0)
+        if widened.shape[1] != states.shape[1]:
+            raise RuntimeError(f"prompt mask of width {widened.shape[1]} for {states.shape[1]} encoder states")
         kwargs["encoder_attention_mask"] = widened.to(mask.dtype)
         return (), kwargs
 

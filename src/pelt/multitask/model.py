@@ -14,6 +14,8 @@ backbone's weights never change, except while one task is merged into them (`mer
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,15 @@ import torch
 from torch import nn
 from transformers import AutoModelForMultipleChoice, AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
-from pelt.arch import base_model, base_model_path, get_arch, head_module_names, pooler_path
+from pelt.arch import (
+    base_model,
+    base_model_path,
+    batch_shared_modules,
+    get_arch,
+    head_module_names,
+    is_layer_norm,
+    pooler_path,
+)
 from pelt.core import (
     PeltState,
     adapter_method_config,
@@ -38,12 +48,13 @@ from pelt.core import (
 )
 from pelt.errors import PeltError
 from pelt.methods import get_method
-from pelt.methods.ops import Affine, Bias, Bottleneck, LowRankUpdate, NormParams, Prompt, SiteOp
+from pelt.methods.ops import Affine, Bias, Bottleneck, LowRankUpdate, NormParams, Prompt, SiteOp, fold_affine
 from pelt.models import is_seq2seq
 from pelt.multitask.banks import (
     ROUTING,
     AffineBank,
     Bank,
+    BiasBank,
     BottleneckBank,
     LowRankBank,
     NormBank,
@@ -57,6 +68,7 @@ from pelt.multitask.heads import HeadChain, HeadGroup
 from pelt.tasks import TaskSpec, get_task
 
 KINDS = ("sequence-classification", "multiple-choice", "text-to-text")
+DEFAULT_MAX_LENGTH = 128  # an adapter that records none (as pelt eval assumes)
 
 
 @dataclass
@@ -77,11 +89,6 @@ class TaskInfo:
     config: dict[str, Any] = field(repr=False, default_factory=dict)
     banks: list[Bank] = field(default_factory=list, repr=False)
     head: HeadGroup | None = field(default=None, repr=False)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "task": self.spec.name if self.spec else None, "method": self.method,
-                "kind": self.kind, "labels": self.label_names, "parameters": self.parameters,
-                "bytes": self.stored_bytes, "source": self.source}
 
 
 @dataclass
@@ -126,9 +133,14 @@ def adapter_task(config: dict[str, Any]) -> dict[str, Any]:
         except PeltError:  # a task this pelt does not know: still servable through forward()
             spec = None
     labels = list(config.get("label_names") or (spec.label_names if spec and spec.label_names else []))
-    outputs = 1 if kind == "multiple-choice" else int(config["base_model"].get("num_labels") or 0)
-    return {"kind": kind, "spec": spec, "label_names": labels, "num_outputs": outputs,
-            "max_length": int(config.get("max_length") or 128)}
+    try:
+        outputs = 1 if kind == "multiple-choice" else int(config["base_model"].get("num_labels") or 0)
+        max_length = int(config.get("max_length") or DEFAULT_MAX_LENGTH)
+    except (TypeError, ValueError):
+        raise PeltError("the adapter config's num_labels or max_length is not a number; the adapter is "
+                        "damaged") from None
+    return {"kind": kind, "spec": spec, "label_names": [str(label) for label in labels], "num_outputs": outputs,
+            "max_length": max_length}
 
 
 class MultiTaskModel(nn.Module):
@@ -136,17 +148,22 @@ class MultiTaskModel(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
         super().__init__()
+        if getattr(model, "pelt_state", None) is not None:
+            raise PeltError("this model has a pelt method applied; give MultiTaskModel the plain base model and add "
+                            "the adapted one as a task")
         self.arch = get_arch(model)
         self.seq2seq = is_seq2seq(model.config)
         self.backbone = base_model(model) if not self.seq2seq else model
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         self.config = self.backbone.config
+        self._batch_shared = batch_shared_modules(self.backbone)
         self.tokenizer = tokenizer
         self.sites = nn.ModuleDict()  # module path (dots as "__") -> Site or PromptSite
         self.shared = nn.ModuleDict()  # tensors a task holds once for many projections
         self.heads = nn.ModuleDict()
         self._tasks: dict[str, TaskInfo] = {}
+        self._skeletons: dict[str, nn.Module] = {}  # see _skeleton
         self._merged: tuple[str, dict[int, tuple[torch.Tensor, torch.Tensor | None]]] | None = None
         self.eval()
 
@@ -195,14 +212,11 @@ class MultiTaskModel(nn.Module):
         if (kind == "text-to-text") != self.seq2seq:
             raise PeltError(f"adapter {source} is a {kind} task, but this backbone is "
                             f"{'an encoder-decoder' if self.seq2seq else 'an encoder'}; serve it on its own model")
-        skeleton = self._skeleton(config, kind)
-        check_base_model(source, config["base_model"], model_signature(skeleton))
-        with torch.random.fork_rng(devices=[]):  # a prompt's vocab init draws tokens: keep the caller's RNG
-            apply_adapter_config(skeleton, config, adapter_method_config(config))
+        skeleton = self._skeleton(config, kind, source)
         check_trained_tensors(skeleton, tensors, source=source)
         ops = method.mixed_batch_ops(skeleton, tensors)
         task_id = self._free_id()
-        plan = [self._plan(op, base_model_path(skeleton)) for op in ops]
+        plan = [self._plan(op, base_model_path(skeleton), source, method.name) for op in ops]
         head = self._plan_head(skeleton, tensors, source)
         info = TaskInfo(name, task_id, method.name, config=config, source=source,
                         parameters=sum(t.numel() for t in tensors.values()),
@@ -217,7 +231,7 @@ class MultiTaskModel(nn.Module):
         return info
 
     def remove_task(self, name: str) -> None:
-        info = self._get(name)
+        info = self.task(name)
         if self._merged is not None and self._merged[0] == name:
             self.unmerge()
         for bank in info.banks:
@@ -226,7 +240,8 @@ class MultiTaskModel(nn.Module):
         self._drop_empty()
         self._reindex()
 
-    def _get(self, name: str) -> TaskInfo:
+    def task(self, name: str) -> TaskInfo:
+        """A loaded task, by name (a clear error naming the loaded ones otherwise)."""
         if name not in self._tasks:
             loaded = ", ".join(sorted(self._tasks)) or "none"
             raise PeltError(f"unknown task {name!r}; loaded tasks: {loaded}")
@@ -248,17 +263,34 @@ class MultiTaskModel(nn.Module):
         adapter_method_config(config)  # an unknown method or option: one line, before any work
         return config, read_adapter_tensors(adapter), str(adapter)
 
-    def _skeleton(self, config: dict[str, Any], kind: str) -> nn.Module:
-        """The task model the adapter was trained in, on the meta device: its structure and names only."""
-        model_config = copy.deepcopy(self.config)
-        if kind != "text-to-text":
-            labels = config["base_model"].get("num_labels") or len(config.get("label_names") or []) or 2
-            model_config.num_labels = int(labels)
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            if kind == "text-to-text":
-                return type(self.backbone)(model_config)
-            auto = AutoModelForMultipleChoice if kind == "multiple-choice" else AutoModelForSequenceClassification
-            return auto.from_config(model_config)
+    def _skeleton(self, config: dict[str, Any], kind: str, source: str) -> nn.Module:
+        """The task model the adapter was trained in, its method applied, on the meta device: its structure and
+        names only. Tasks of one configuration share one (kept for the last few configurations)."""
+        labels = int(config["base_model"].get("num_labels") or len(config.get("label_names") or []) or 2)
+        key = json.dumps([kind, labels, config["method_config"], bool(config.get("train_pooler")),
+                          config.get("pooling")], sort_keys=True)
+        skeleton = self._skeletons.pop(key, None)
+        if skeleton is None:
+            model_config = copy.deepcopy(self.config)
+            if kind != "text-to-text":
+                model_config.num_labels = labels
+            # a prompt's vocab init draws tokens: keep the caller's random state
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                if kind == "text-to-text":
+                    skeleton = type(self.backbone)(model_config)
+                else:
+                    auto = AutoModelForMultipleChoice if kind == "multiple-choice" \
+                        else AutoModelForSequenceClassification
+                    skeleton = auto.from_config(model_config)
+            check_base_model(source, config["base_model"], model_signature(skeleton))
+            with torch.random.fork_rng(devices=[]):
+                apply_adapter_config(skeleton, config, adapter_method_config(config))
+        else:
+            check_base_model(source, config["base_model"], model_signature(skeleton))
+        self._skeletons[key] = skeleton
+        while len(self._skeletons) > 8:
+            self._skeletons.pop(next(iter(self._skeletons)))
+        return skeleton
 
     def _free_id(self) -> int:
         used = {info.id for info in self._tasks.values()}
@@ -280,8 +312,11 @@ class MultiTaskModel(nn.Module):
                 if group is not None:
                     for key in [k for k, bank in group.items() if not bank.tasks]:
                         del group[key]
-            if isinstance(site, Site) and site.norm is not None and not site.norm.tasks:
-                site.norm = None
+            if isinstance(site, Site):
+                if site.norm is not None and not site.norm.tasks:
+                    site.norm = None
+                if site.bias is not None and not site.bias.tasks:
+                    site.bias = None
         for key in [k for k, site in self.sites.items() if not site.banks()]:
             self.sites[key].detach()
             del self.sites[key]
@@ -308,15 +343,30 @@ class MultiTaskModel(nn.Module):
         group[key].add(task, tensors)
         return group[key]
 
-    def _plan(self, op: SiteOp, prefix: str) -> Any:
+    def _plan(self, op: SiteOp, prefix: str, source: str, method: str) -> Any:
         """Check one op against the backbone; return what places the task's tensors into the right bank."""
         path = op.path[len(prefix) + 1:] if prefix and op.path.startswith(prefix + ".") else \
             "" if op.path == prefix else op.path
         module = self._module(path)
         weight = next(module.parameters())
-        if isinstance(op, Bias):
-            native = module._parameters.get("bias") if hasattr(module, "_parameters") else None
-            shift = op.value if native is None else op.value - native.detach().to(op.value.dtype).cpu()
+        if path in self._batch_shared:
+            raise PeltError(f"adapter {source} ({method}) changes {path}, which this {self.arch.family} model also "
+                            "runs on the relative-position embeddings every row shares, so the task cannot share a "
+                            "batch with others; serve it on a model of its own")
+        if isinstance(op, (Affine, Bias)) and not (isinstance(module, nn.Linear) or is_layer_norm(module)):
+            raise PeltError(f"adapter {source} ({method}) changes the {type(module).__name__} at {path}, which pelt "
+                            "cannot change per row; serve it on a model of its own")
+        if isinstance(op, Bias) and isinstance(module, nn.Linear):
+            def place(task: int) -> list[Bank]:
+                site = self._site(path)
+                if site.bias is None:
+                    site.bias = BiasBank(module)
+                site.bias.add(task, {"bias": op.value})
+                return [site.bias]
+            return place
+        if isinstance(op, Bias):  # a norm's: a shift of its output
+            native = module._parameters.get("bias")
+            shift = op.value if native is None else op.value - native.detach().to(op.value)
             op = Affine(op.path, "output", shift=shift)
         if isinstance(op, Affine):
             tensors = {k: v for k, v in (("scale", op.scale), ("shift", op.shift)) if v is not None}
@@ -331,16 +381,17 @@ class MultiTaskModel(nn.Module):
                                    task, tensors)]
             return place
         if isinstance(op, NormParams):
-            bank_probe = NormBank(module)  # refuses a norm type it cannot run per row
-            if op.bias is not None and "bias" not in bank_probe.fields:
+            NormBank.kind_of(module)  # refuses a norm it cannot run per row
+            if op.bias is not None and not NormBank.has_bias(module):
                 raise RuntimeError(f"{path}: a bias for a norm that has none")
-            tensors = {"weight": op.weight, **({"bias": op.bias if op.bias is not None else module.bias.detach()}
-                                               if "bias" in bank_probe.fields else {})}
+            tensors = {"weight": op.weight}
+            if NormBank.has_bias(module):
+                tensors["bias"] = op.bias if op.bias is not None else module.bias.detach()
 
             def place(task: int) -> list[Bank]:
                 site = self._site(path)
                 if site.norm is None:
-                    site.norm = bank_probe
+                    site.norm = NormBank(module)
                 site.norm.add(task, tensors)
                 return [site.norm]
             return place
@@ -355,12 +406,12 @@ class MultiTaskModel(nn.Module):
                                    {"down": op.down, "up": op.up})]
             return place
         if isinstance(op, Bottleneck):
-            key = str(abs(hash((op.activation, projection_shapes(op.down), projection_shapes(op.up)))))
-            tensors, shared = {}, {}
+            key = _key(op.activation, projection_shapes(op.down), projection_shapes(op.up))
+            tensors, shared = {}, {}  # the bank's own tensors; the task's shared ones by their bank's key
             for side, projection in (("down", op.down), ("up", op.up)):
                 for name, value in projection.tensors.items():
                     if name in projection.shared:
-                        shared[f"{projection.shared[name]}".replace(".", "__") + f"_{tuple(value.shape)}"] = value
+                        shared[projection.shared[name]] = (_key(projection.shared[name], value.shape), value)
                     else:
                         tensors[f"{side}_{name}"] = value
                 if projection.bias is not None:
@@ -368,17 +419,13 @@ class MultiTaskModel(nn.Module):
 
             def place(task: int) -> list[Bank]:
                 banks = []
-                for shared_key, value in shared.items():
+                for shared_key, value in shared.values():
                     if shared_key not in self.shared:
                         self.shared[shared_key] = SharedBank(tuple(value.shape), weight)
-                    if task not in self.shared[shared_key].tasks:  # held once per task
+                    if task not in self.shared[shared_key].tasks:  # held once per task, read by all its sites
                         self.shared[shared_key].add(task, {"value": value})
                         banks.append(self.shared[shared_key])
-                refs = {}
-                for side, projection in (("down", op.down), ("up", op.up)):
-                    for name, shared_name in projection.shared.items():
-                        refs[shared_name] = self.shared[
-                            shared_name.replace(".", "__") + f"_{tuple(projection.tensors[name].shape)}"]
+                refs = {name: self.shared[shared_key] for name, (shared_key, _) in shared.items()}
                 return banks + [self._join(self._site(path).bottleneck, key,
                                            lambda: BottleneckBank(op.activation, op.down, op.up, weight, refs),
                                            task, tensors)]
@@ -388,7 +435,7 @@ class MultiTaskModel(nn.Module):
             entries = [stack.entry for stack in self.arch.stacks]
 
             def place(task: int) -> list[Bank]:
-                key = path.replace(".", "__") or "__root__"
+                key = "prompt__" + path.replace(".", "__")
                 if key not in self.sites:
                     decoders = [self._module(e) for e in entries if e != path and _has(self.backbone, e)]
                     self.sites[key] = PromptSite(module, op.position, op.max_positions, decoders)
@@ -422,7 +469,7 @@ class MultiTaskModel(nn.Module):
         chain = HeadChain([(p, skeleton.get_submodule(p)) for p in paths])
         values = {f"{p.replace('.', '_')}.{n}".replace(".", "__"): tensors[f"{p}.{n}"]
                   for p in paths for n, _ in skeleton.get_submodule(p).named_parameters()}
-        key = str(abs(hash(HeadGroup.signature(head_input, chain))))
+        key = _key(*HeadGroup.signature(head_input, chain))
         weight = next(self.backbone.parameters())
 
         def place(task: int) -> HeadGroup:
@@ -439,7 +486,7 @@ class MultiTaskModel(nn.Module):
             tasks = [tasks] * rows
         if len(tasks) != rows:
             raise PeltError(f"{len(tasks)} tasks for {rows} input rows; give one task (or None) per row")
-        ids = [0 if t is None else self._get(t).id for t in tasks]
+        ids = [0 if t is None else self.task(t).id for t in tasks]
         if self._merged is not None:
             others = sorted({str(t) for t in tasks if t != self._merged[0]})
             if others:
@@ -493,7 +540,11 @@ class MultiTaskModel(nn.Module):
         if not self.seq2seq:
             raise PeltError("generate is for text-to-text (T5) backbones; call the model for encoder tasks")
         rows = self._row_ids(tasks, input_ids.shape[0], input_ids.device)
-        token = ROUTING.set(None if self._merged is not None else Routing(rows))
+        settings = self.backbone.generation_config
+        beams = int(generate_kwargs.get("num_beams") or settings.num_beams or 1)
+        returned = int(generate_kwargs.get("num_return_sequences") or settings.num_return_sequences or 1)
+        routing = Routing(rows, expansions=(beams, returned, beams * returned))
+        token = ROUTING.set(None if self._merged is not None else routing)
         try:
             return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
         finally:
@@ -504,7 +555,7 @@ class MultiTaskModel(nn.Module):
     def merge(self, name: str) -> None:
         """Fold one task into the backbone's weights: its rows then cost what the bare backbone costs. Other tasks
         (and rows without a task) are refused until `unmerge`, which restores the backbone exactly."""
-        info = self._get(name)
+        info = self.task(name)
         if self._merged is not None:
             raise PeltError(f"task {self._merged[0]!r} is merged already; unmerge() first")
         folds = []
@@ -567,6 +618,11 @@ class MultiTaskModel(nn.Module):
         return predict(self, examples, tasks, batch_size=batch_size, num_beams=num_beams, progress=progress)
 
 
+def _key(*parts: Any) -> str:
+    """A bank's name in a ModuleDict, from what makes tasks share it."""
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
+
+
 def _has(module: nn.Module, path: str) -> bool:
     try:
         module.get_submodule(path)
@@ -579,34 +635,28 @@ def _fold(site: Site, bank: Bank, slot: int) -> None:
     """Fold one task's slot of a bank into its module's weight and bias."""
     module = site.module
     values = {name: getattr(bank, name)[slot] for name in bank.fields}
-    is_linear = isinstance(module, nn.Linear)
-
-    def bias() -> torch.Tensor:
-        if module._parameters.get("bias") is None:
-            if not is_linear:
-                raise PeltError(f"a shift on a {type(module).__name__} without a bias cannot be merged")
-            module.bias = nn.Parameter(torch.zeros_like(module.weight[:, 0]), requires_grad=False)
-        return module.bias
-
     if isinstance(bank, NormBank):
         module.weight.copy_(values["weight"])
         if "bias" in values:
             module.bias.copy_(values["bias"])
+    elif isinstance(bank, BiasBank):
+        if module.bias is None:
+            module.bias = nn.Parameter(torch.zeros_like(values["bias"]), requires_grad=False)
+        module.bias.copy_(values["bias"])
     elif isinstance(bank, LowRankBank):
         module.weight.add_(values["up"] @ values["down"])
-    elif bank in site.input_affine.values():
-        if "shift" in values:
-            bias().add_(module.weight @ values["shift"])
+    elif isinstance(module, nn.Linear):
+        side = "input" if bank in site.input_affine.values() else "output"
+        fold_affine(module, side, values.get("scale"), values.get("shift"))
+    else:  # a norm's output: (n ⊙ w + b) ⊙ s + t
+        if "shift" in values and module._parameters.get("bias") is None:
+            raise PeltError(f"a shift on a {type(module).__name__} without a bias cannot be merged")
         if "scale" in values:
-            module.weight.mul_(values["scale"][None, :])
-    else:  # an output scale and shift: (W x + b) ⊙ s + t
-        scale = values.get("scale")
-        if scale is not None:
-            module.weight.mul_(scale[:, None] if is_linear else scale)
+            module.weight.mul_(values["scale"])
             if module._parameters.get("bias") is not None:
-                module.bias.mul_(scale)
+                module.bias.mul_(values["scale"])
         if "shift" in values:
-            bias().add_(values["shift"])
+            module.bias.add_(values["shift"])
 
 
 def task_names(adapters: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike]) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -158,7 +159,7 @@ def predict(mt: MultiTaskModel, examples: Sequence[Mapping[str, Any]], tasks: st
     names = [tasks] * len(examples) if isinstance(tasks, str) else list(tasks)
     if len(names) != len(examples):
         raise PeltError(f"{len(names)} tasks for {len(examples)} examples; give one task per example")
-    infos = {name: mt._get(name) for name in set(names)}
+    infos = {name: mt.task(name) for name in set(names)}
     for name, info in infos.items():
         if info.spec is None:
             raise PeltError(f"task {name!r} does not record the benchmark task it was trained on, so its input "
@@ -168,11 +169,10 @@ def predict(mt: MultiTaskModel, examples: Sequence[Mapping[str, Any]], tasks: st
         if problem:
             raise PeltError(f"example {i + 1}: {problem}")
     encoded = [_encode(mt, infos[name], example) for example, name in zip(examples, names)]
-    order = sorted(range(len(examples)), key=lambda i: -encoded[i]["length"])
     answers: list[dict[str, Any]] = [{} for _ in examples]
     device = next(mt.backbone.parameters()).device
     pad_id = mt.tokenizer.pad_token_id if mt.tokenizer.pad_token_id is not None else 0
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = _batches(encoded, batch_size)
     for batch in _progress(batches, progress, len(examples), batch_size):
         rows = [row for i in batch for row in encoded[i]["rows"]]
         row_tasks = [names[i] for i in batch for _ in encoded[i]["rows"]]
@@ -194,6 +194,20 @@ def predict(mt: MultiTaskModel, examples: Sequence[Mapping[str, Any]], tasks: st
             start += count
     return [{**({ID_FIELD: example[ID_FIELD]} if ID_FIELD in example else {}), TASK_FIELD: name, **answer}
             for answer, name, example in zip(answers, names, examples)]
+
+
+def _batches(encoded: list[dict[str, Any]], batch_size: int) -> list[list[int]]:
+    """Examples by length, longest first, `batch_size` at a time. A generation's length budget is its task's own
+    (a row given more steps than it would have alone can write more), so a batch holds one budget."""
+    budget = [e.get("target_tokens", 0) for e in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: (budget[i], -encoded[i]["length"]))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and budget[batches[-1][0]] == budget[i]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _progress(batches: list[list[int]], show: bool, total: int, batch_size: int) -> Iterator[list[int]]:
@@ -219,9 +233,14 @@ def read_examples(path: str, fmt: str = "auto") -> list[tuple[int, dict[str, Any
         data = sys.stdin.buffer.read()
     else:
         file = Path(path)
-        if not file.is_file():
+        if not file.exists():
             raise PeltError(f"input file {path} does not exist; pass a JSON-lines or TSV file, or - for stdin")
-        data = file.read_bytes()
+        if file.is_dir():
+            raise PeltError(f"input {path} is a folder; pass a JSON-lines or TSV file")
+        try:
+            data = file.read_bytes()
+        except OSError as e:
+            raise PeltError(f"cannot read {path}: {e.strerror or e}") from None
     lines = data.split(b"\n")
     if lines and lines[-1] in (b"", b"\r"):
         lines.pop()
@@ -247,13 +266,19 @@ def _read_jsonl(texts: list[str], name: str) -> list[tuple[int, dict[str, Any]]]
         if not text.strip():
             raise PeltError(f"{name} line {number}: empty line; give one JSON object per line")
         try:
-            example = json.loads(text)
+            example = json.loads(text, parse_constant=_not_json)
         except json.JSONDecodeError as e:
             raise PeltError(f"{name} line {number}: not valid JSON ({e.msg}); give one JSON object per line") from None
+        except ValueError as e:
+            raise PeltError(f"{name} line {number}: {e}") from None
         if not isinstance(example, dict):
             raise PeltError(f"{name} line {number}: a JSON {type(example).__name__}, expected an object of fields")
         examples.append((number, example))
     return examples
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def _read_tsv(texts: list[str], name: str) -> list[tuple[int, dict[str, Any]]]:
@@ -281,17 +306,29 @@ def write_jsonl(path: str | None, answers: list[dict[str, Any]]) -> None:
         raise PeltError("the model gave non-finite outputs (NaN or infinity); an adapter is probably damaged: "
                         "check it with pelt eval") from None
     if path is None or path == "-":
-        sys.stdout.write(lines)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader stopped early (`| head`): nothing more to say
+            sys.stdout = open(os.devnull, "w")
         return
     target = Path(path)
-    staged = target.with_name(f".{target.name}.tmp")
+    handle, staged = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with open(staged, "w", encoding="utf-8") as handle:
-            handle.write(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(lines)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(staged, 0o666 & ~_umask())
         os.replace(staged, target)
+    except OSError as e:
+        raise PeltError(f"cannot write {target}: {e.strerror or e}; nothing was written") from None
     finally:
-        staged.unlink(missing_ok=True)
+        Path(staged).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
