@@ -49,13 +49,16 @@ def base_states(family: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return tiny_model(family, 0).base_model(**inputs).last_hidden_state
 
 
-def mixed(mt: MultiTaskModel, family: str, inputs: dict[str, torch.Tensor], tasks: list[str | None]):
+def mixed(mt: MultiTaskModel, inputs: dict[str, torch.Tensor], tasks: list[str | None]):
     with torch.no_grad():
         return mt(**inputs, tasks=tasks)
 
 
-def row_output(out, family: str, row: int) -> torch.Tensor:
-    return out.logits[row]
+def assert_backbone_untouched(mt: MultiTaskModel) -> None:
+    """No hook and no forward of pelt's left on any module of the backbone."""
+    for name, module in mt.backbone.named_modules():
+        assert "forward" not in module.__dict__, name
+        assert not module._forward_hooks and not module._forward_pre_hooks, name
 
 
 @pytest.mark.parametrize("method,family", CASES)
@@ -80,7 +83,7 @@ def test_mixed_batch_equals_each_rows_own_adapter(method: str, family: str, tmp_
     inputs = tiny_inputs(family, batch=6, length=8)
     inputs["attention_mask"][[0, 1, 2, 5], -4:] = 0  # the tasks' rows short, the others full: with 4 prompt
     tasks = ["t0", "t1", "t2", None, "other", "t1"]  # tokens, no row is wider than before
-    out = mixed(mt, family, inputs, tasks)
+    out = mixed(mt, inputs, tasks)
     base = base_states(family, {k: v for k, v in inputs.items() if k != "decoder_input_ids"}) \
         if family != "t5" else model_output(tiny_model(family, 0), inputs)
     for row, task in enumerate(tasks):
@@ -91,7 +94,7 @@ def test_mixed_batch_equals_each_rows_own_adapter(method: str, family: str, tmp_
                 real = inputs["attention_mask"][row].bool()
                 got, want = out.last_hidden_state[row, : real.shape[0]][real], base[row][real]
         else:
-            got, want = row_output(out, family, row), model_output(singles[task], inputs)[row]
+            got, want = out.logits[row], model_output(singles[task], inputs)[row]
             alone = model_output(tiny_model(family, 0, num_labels=want.shape[-1]), inputs)[row]
             assert (want - alone).abs().max() > 1e-3, "the adapted task should differ from the base model"
         assert (got - want).abs().max() <= TOLERANCE, (task, (got - want).abs().max())
@@ -103,16 +106,17 @@ def test_mixed_batch_equals_each_rows_own_adapter(method: str, family: str, tmp_
     own = sum(p.numel() * p.element_size() for n, p in third.named_parameters() if n in third.pelt_state.trainable)
     assert mt.stored_bytes() - before == own
     mt.remove_task("t1")
-    again = mixed(mt, family, inputs, ["t0", "t3", "t2", None, "other", "t3"])
+    again = mixed(mt, inputs, ["t0", "t3", "t2", None, "other", "t3"])
     for row in (0, 2, 3, 4):
         assert torch.equal(again.last_hidden_state[row], out.last_hidden_state[row])
         if row != 3 or family == "t5":
             assert torch.equal(again.logits[row], out.logits[row])
     with pytest.raises(pelt.PeltError, match="unknown task 't1'"):
-        mixed(mt, family, inputs, ["t1"] * 6)
+        mixed(mt, inputs, ["t1"] * 6)
     for name in ("t0", "t2", "t3", "other"):
         mt.remove_task(name)
     assert mt.stored_bytes() == 0 and not list(mt.sites) and not list(mt.heads)
+    assert_backbone_untouched(mt)
 
 
 def test_refusal_names_the_method_and_what_to_do_instead(tmp_path: Path) -> None:
@@ -157,7 +161,7 @@ def test_heads_of_every_kind_share_a_batch(family: str) -> None:
     names = [n for n in singles if n != "choice"]
     rows = {k: torch.cat([inputs[k].repeat(len(names), 1), flat[k]]) for k in inputs}
     tasks = [n for n in names for _ in range(2)] + ["choice"] * 4
-    out = mixed(mt, family, rows, tasks)
+    out = mixed(mt, rows, tasks)
     for i, name in enumerate(names):
         want = model_output(singles[name], inputs)
         for row in range(2):
@@ -217,7 +221,7 @@ def test_relative_positions_keep_each_rows_layout_and_refuse_what_they_share() -
         mt.add_task(name, model)
     inputs = tiny_inputs("deberta-v2", batch=4)
     tasks = ["long", "short", "had", "long"]
-    out = mixed(mt, "deberta-v2", inputs, tasks)
+    out = mixed(mt, inputs, tasks)
     for row, task in enumerate(tasks):
         assert (out.logits[row] - model_output(singles[task], inputs)[row]).abs().max() <= TOLERANCE
     for method, where in (("lora", "query_proj"), ("bitfit", "query_proj"), ("adapter", "encoder.LayerNorm")):
@@ -239,25 +243,25 @@ def test_merging_one_task_gives_its_outputs_on_the_bare_backbone(method: str, fa
     mt.add_task("other", adapted("adapter", family, 2))
     original = {n: p.detach().clone() for n, p in mt.backbone.named_parameters()}
     inputs = tiny_inputs(family, batch=2)
-    unmerged = mixed(mt, family, inputs, ["task", "task"])
+    unmerged = mixed(mt, inputs, ["task", "task"])
     if family == "t5" and method == "bitfit":  # a bias on T5's LayerNorms has no place in its weights
         with pytest.raises(pelt.PeltError, match="cannot be merged"):
             mt.merge("task")
         assert all(torch.equal(p, original[n]) for n, p in mt.backbone.named_parameters())
         return
     mt.merge("task")
-    assert not any(site._handles for site in mt.sites.values()), "merged: the backbone runs without hooks"
-    merged = mixed(mt, family, inputs, ["task", "task"])
+    assert_backbone_untouched(mt)  # merged: the bare backbone runs
+    merged = mixed(mt, inputs, ["task", "task"])
     want = model_output(single, inputs)
     for row, got in enumerate(merged.logits):
         assert (got - want[row]).abs().max() <= TOLERANCE
     with pytest.raises(pelt.PeltError, match="merged into it"):
-        mixed(mt, family, inputs, ["task", "other"])
+        mixed(mt, inputs, ["task", "other"])
     mt.unmerge()
     restored = dict(mt.backbone.named_parameters())
     assert set(restored) == set(original)
     assert all(torch.equal(restored[n], original[n]) for n in original)
-    assert torch.equal(torch.stack(list(mixed(mt, family, inputs, ["task", "task"]).logits)),
+    assert torch.equal(torch.stack(list(mixed(mt, inputs, ["task", "task"]).logits)),
                        torch.stack(list(unmerged.logits)))
 
 
@@ -282,7 +286,7 @@ def test_the_layernorm_only_ablation_shares_a_batch() -> None:
     mt = MultiTaskModel(tiny_model("bert", 0))
     mt.add_task("ln", single)
     inputs = tiny_inputs("bert", batch=2)
-    out = mixed(mt, "bert", inputs, ["ln", "ln"])
+    out = mixed(mt, inputs, ["ln", "ln"])
     assert (torch.stack(out.logits) - model_output(single, inputs)).abs().max() <= TOLERANCE
 
 
@@ -292,9 +296,46 @@ def test_left_padded_rows_with_prompts_are_refused() -> None:
     inputs = tiny_inputs("bert", batch=2)
     inputs["attention_mask"] = inputs["attention_mask"].flip(1)
     with pytest.raises(pelt.PeltError, match="padded on the right"):
-        mixed(mt, "bert", inputs, ["p", None])
+        mixed(mt, inputs, ["p", None])
 
 
 def test_an_adapted_model_is_not_a_backbone() -> None:
     with pytest.raises(pelt.PeltError, match="plain base model"):
         MultiTaskModel(adapted("hadamard", "bert", 1))
+
+
+def test_rows_keep_their_gradients() -> None:
+    """With gradients on (attributions through the inputs), every form still computes each row as alone."""
+    singles = {m: adapted(m, "bert", i) for i, m in enumerate(("bitfit", "hadamard", "lora", "compacter"), 1)}
+    mt = MultiTaskModel(tiny_model("bert", 0))
+    for name, model in singles.items():
+        mt.add_task(name, model)
+    inputs = tiny_inputs("bert", batch=4)
+    embeds = mt.backbone.get_input_embeddings()(inputs["input_ids"]).detach().requires_grad_(True)
+    out = mt(inputs_embeds=embeds, attention_mask=inputs["attention_mask"], tasks=list(singles))
+    torch.stack(out.logits).sum().backward()
+    assert embeds.grad is not None and embeds.grad.abs().sum() > 0
+    for row, (name, model) in enumerate(singles.items()):
+        alone = embeds.detach().clone().requires_grad_(True)
+        logits = model(inputs_embeds=alone, attention_mask=inputs["attention_mask"]).logits[row]
+        logits.sum().backward()
+        assert (out.logits[row] - logits).abs().max() <= TOLERANCE
+        assert (embeds.grad[row] - alone.grad[row]).abs().max() <= 1e-4
+
+
+def test_one_backbone_serves_one_model_at_a_time() -> None:
+    import gc
+
+    base = tiny_model("bert", 0)
+    first = MultiTaskModel(base)
+    first.add_task("a", adapted("bitfit", "bert", 1))
+    with pytest.raises(pelt.PeltError, match="serves another MultiTaskModel"):
+        MultiTaskModel(base)
+    del first
+    gc.collect()
+    second = MultiTaskModel(base)  # the first one's hooks stay out of the second one's rows
+    single = adapted("hadamard", "bert", 2)
+    second.add_task("b", single)
+    inputs = tiny_inputs("bert", batch=2)
+    assert (torch.stack(mixed(second, inputs, ["b", "b"]).logits) - model_output(single, inputs)).abs().max() \
+        <= TOLERANCE

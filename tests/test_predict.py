@@ -248,3 +248,15 @@ def test_record_answers_with_the_best_scoring_entity(capsys: pytest.CaptureFixtu
     source.write_text(json.dumps({**example, "entities": []}) + "\n")
     assert_bad_input(capsys, ["predict", "--adapter", tmp_path / "record", "--input", source],
                      "line 1", "'entities' must be a non-empty list")
+
+
+def test_batches_are_sorted_by_length_and_keep_one_generation_budget() -> None:
+    from pelt.multitask.predict import _batches
+
+    encoded = [{"length": n, "target_tokens": b} for n, b in ((5, 3), (9, 3), (7, 4), (2, 3), (8, 4), (6, 3))]
+    batches = _batches(encoded, 3)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for batch in batches:
+        assert len(batch) <= 3 and len({encoded[i]["target_tokens"] for i in batch}) == 1
+        assert [encoded[i]["length"] for i in batch] == sorted((encoded[i]["length"] for i in batch), reverse=True)
+    assert [[encoded[i]["length"] for i in b] for b in batches] == [[9, 6, 5], [2], [8, 7]]

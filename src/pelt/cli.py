@@ -417,8 +417,6 @@ def _adapter_arguments(values: list[str]) -> dict[str, str]:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    import torch
-
     from pelt.core import read_adapter_config
     from pelt.multitask import MultiTaskModel
     from pelt.multitask.model import adapter_task, shareable_method
@@ -469,9 +467,8 @@ def _predict(args: argparse.Namespace) -> None:
         examples.append(example)
         names.append(name)
     mt = MultiTaskModel.from_adapters(adapters, model=args.model).to(device)
-    with torch.inference_mode():
-        answers = mt.predict(examples, names, batch_size=args.batch_size, num_beams=args.num_beams,
-                             progress=args.input != "-")
+    answers = mt.predict(examples, names, batch_size=args.batch_size, num_beams=args.num_beams,
+                         progress=args.input != "-")
     write_jsonl(args.output, answers)
     if args.output and args.output != "-":
         print(f"{len(answers)} answers ({', '.join(sorted(set(names)))}) in {args.output}", file=sys.stderr)

@@ -27,6 +27,7 @@ from pelt.methods import MethodConfig, get_method
 from pelt.models import build_model_from_config, is_seq2seq, load_config, load_pretrained, resolve_model
 from pelt.tasks import TaskSpec, get_task, load_splits, protocol_splits
 from pelt.tasks.data import SplitProtocol
+from pelt.tasks.spec import DEFAULT_MAX_LENGTH
 from pelt.train import TrainConfig, evaluate_model, formulation_for, train_model
 
 
@@ -162,7 +163,7 @@ def evaluate_adapter(
         if value is not None and value < 1:
             raise PeltError(f"the {name} must be at least 1, got {value}")
     base, tokenizer, config, spec = load_adapted(adapter, task=task, model=model)
-    max_length = max_length or int(config.get("max_length", 128))
+    max_length = max_length or int(config.get("max_length", DEFAULT_MAX_LENGTH))
     get_method(config["method"]).check_input_length(base, max_length)
     protocol = split_protocol or config.get("split_protocol", "standard")
     seed = config.get("split_seed", 42) if split_seed is None else split_seed

@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from pelt.errors import PeltError
+
 
 @dataclass(frozen=True)
 class Affine:
@@ -89,22 +91,25 @@ SiteOp = Affine | Bias | NormParams | LowRankUpdate | Bottleneck | Prompt
 
 
 @torch.no_grad()
-def fold_affine(linear: nn.Linear, side: str, scale: torch.Tensor | None, shift: torch.Tensor | None) -> bool:
-    """Fold `⊙ s + t` on a linear layer's input or output into its weight and bias (exact: the map is linear).
-    Returns whether a bias had to be added (T5's projections have none)."""
-    added = shift is not None and linear.bias is None
+def fold_affine(module: nn.Module, side: str, scale: torch.Tensor | None, shift: torch.Tensor | None) -> bool:
+    """Fold `⊙ s + t` on a linear layer's input or output, or on a norm's output, into its weight and bias (exact:
+    the map is linear). Returns whether a bias had to be added (T5's projections have none)."""
+    linear = isinstance(module, nn.Linear)
+    added = shift is not None and getattr(module, "bias", None) is None
     if added:
-        linear.bias = nn.Parameter(torch.zeros_like(linear.weight[:, 0]), requires_grad=False)
-    if side == "output":  # (W x + b) ⊙ s + t = (diag(s) W) x + (s ⊙ b + t)
+        if not linear:  # T5's norms compute no bias
+            raise PeltError(f"a shift on a {type(module).__name__} without a bias cannot be merged into its weights")
+        module.bias = nn.Parameter(torch.zeros_like(module.weight[:, 0]), requires_grad=False)
+    if side == "output":  # (W x + b) ⊙ s + t = (diag(s) W) x + (s ⊙ b + t); a norm's weight is the diagonal
         if scale is not None:
-            linear.weight.mul_(scale[:, None])
-            if linear.bias is not None:
-                linear.bias.mul_(scale)
+            module.weight.mul_(scale[:, None] if linear else scale)
+            if getattr(module, "bias", None) is not None:
+                module.bias.mul_(scale)
         if shift is not None:
-            linear.bias.add_(shift)
+            module.bias.add_(shift)
     else:  # W (x ⊙ s + t) + b = (W diag(s)) x + (W t + b)
         if shift is not None:
-            linear.bias.add_(linear.weight @ shift)
+            module.bias.add_(module.weight @ shift)
         if scale is not None:
-            linear.weight.mul_(scale[None, :])
+            module.weight.mul_(scale[None, :])
     return added

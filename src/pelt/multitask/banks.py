@@ -33,6 +33,7 @@ class Routing:
     """The task of every input row of the forward pass in progress."""
 
     rows: torch.Tensor  # (R,) task ids, 0 = no task
+    owner: object = None  # the model whose tasks the ids number: hooks of any other model stay out of it
     expansions: tuple[int, ...] = ()  # how many copies of each row a generation makes (beams, returned sequences)
     widened_mask: torch.Tensor | None = None  # the attention mask once prompts are in (set by the prompt hook)
     _expanded: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -53,6 +54,12 @@ class Routing:
 
 
 ROUTING: contextvars.ContextVar[Routing | None] = contextvars.ContextVar("pelt_routing", default=None)
+
+
+def routing_of(owner: object) -> Routing | None:
+    """The routing of the forward pass in progress, if it is `owner`'s."""
+    routing = ROUTING.get()
+    return routing if routing is not None and routing.owner is owner else None
 
 
 class Bank(nn.Module):
@@ -134,8 +141,14 @@ class BiasBank(Bank):
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, routing: Routing) -> torch.Tensor:
         rows = self.gather("bias", self.slots(routing, x.shape[0]))
+        if x.dim() < 2 or x.shape[0] == 0:
+            return F.linear(x, weight) + (rows if x.dim() >= 2 else rows[0])
         flat = x.reshape(-1, x.shape[-1])
-        out = rows.new_empty(x.shape[0], flat.shape[0] // x.shape[0], weight.shape[0])
+        per_row = flat.shape[0] // x.shape[0]
+        if torch.is_grad_enabled() or torch.is_autocast_enabled():  # out= has neither autograd nor autocast
+            start = rows.repeat_interleave(per_row, dim=0)
+            return torch.addmm(start, flat, weight.t()).view(*x.shape[:-1], weight.shape[0])
+        out = rows.new_empty(x.shape[0], per_row, weight.shape[0])
         out.copy_(rows.unsqueeze(1).expand_as(out))  # what a plain linear layer writes first: its bias, per row
         torch.addmm(out.view(flat.shape[0], -1), flat, weight.t(), out=out.view(flat.shape[0], -1))
         return out.view(*x.shape[:-1], weight.shape[0])
@@ -267,10 +280,10 @@ class NormBank(Bank):
             normalized = x * torch.rsqrt(variance + self.eps)
             if weight.dtype in (torch.float16, torch.bfloat16):
                 normalized = normalized.to(weight.dtype)
-        y = _per_row(weight, normalized) * normalized
-        if "bias" in self.fields:
-            y = y + _per_row(self.gather("bias", slots), y)
-        return y
+        if "bias" in self.fields:  # b + n ⊙ w in one pass
+            return torch.addcmul(_per_row(self.gather("bias", slots), normalized), normalized,
+                                 _per_row(weight, normalized))
+        return _per_row(weight, normalized) * normalized
 
 
 # ---- one hooked module -----------------------------------------------------------------------------------------
@@ -283,9 +296,10 @@ class Site(nn.Module):
     module's `forward` is the site's while attached), so the module's own result is not computed only to be
     replaced."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, owner: object) -> None:
         super().__init__()
         self._module = (module,)  # referenced, not registered: the backbone owns it
+        self._owner = owner
         self.input_affine = nn.ModuleDict()
         self.output_affine = nn.ModuleDict()
         self.low_rank = nn.ModuleDict()
@@ -293,6 +307,8 @@ class Site(nn.Module):
         self.norm: NormBank | None = None
         self.bias: BiasBank | None = None
         self._handles: list[Any] = []
+        self._own_forward = self._forward  # one bound method, so that the module's can be recognised as ours
+        self._previous_forward: Any = None  # an instance forward the module had (accelerate's offloading hooks)
 
     @property
     def module(self) -> nn.Module:
@@ -306,25 +322,41 @@ class Site(nn.Module):
         if not self._handles:
             self._handles = [self.module.register_forward_pre_hook(self._before),
                              self.module.register_forward_hook(self._after)]
-            self.module.forward = self._forward  # an instance attribute: the class's forward stays as it is
+        self.sync_forward()
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self.module.__dict__.pop("forward", None)
+        self.sync_forward()
+
+    def sync_forward(self) -> None:
+        """The module computes through the site while attached with a per-row norm or bias, else as it was."""
+        wanted = bool(self._handles) and (self.norm is not None or self.bias is not None)
+        current = self.module.__dict__.get("forward")
+        if wanted and current is not self._own_forward:
+            self._previous_forward = current
+            self.module.forward = self._own_forward  # an instance attribute: the class's forward stays as it is
+        elif not wanted and current is self._own_forward:
+            if self._previous_forward is None:
+                del self.module.forward
+            else:
+                self.module.forward = self._previous_forward
+            self._previous_forward = None
 
     def _forward(self, *args: Any, **kwargs: Any) -> Any:
-        module, routing = self.module, ROUTING.get()
-        if routing is not None and self.norm is not None:
+        module, routing = self.module, routing_of(self._owner)
+        if routing is not None and args and self.norm is not None:
             return self.norm.apply(args[0], routing)
-        if routing is not None and self.bias is not None:
+        if routing is not None and args and self.bias is not None:
             return self.bias.linear(args[0], module.weight, routing)
+        if self._previous_forward is not None:
+            return self._previous_forward(*args, **kwargs)
         return type(module).forward(module, *args, **kwargs)
 
     def _before(self, module: nn.Module, args: tuple) -> tuple | None:
-        routing = ROUTING.get()
-        if routing is None or not self.input_affine:
+        routing = routing_of(self._owner)
+        if routing is None or not self.input_affine or not args:
             return None
         x = args[0]
         for bank in self.input_affine.values():
@@ -332,13 +364,14 @@ class Site(nn.Module):
         return (x, *args[1:])
 
     def _after(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        routing = ROUTING.get()
+        routing = routing_of(self._owner)
         if routing is None:
             return None
-        x, y = args[0], output
+        y = output
         for bank in self.low_rank.values():
-            y = bank.apply(x, y, routing)
-        in_place = not (torch.is_grad_enabled() and y.requires_grad)  # the module's own output: no one else holds it
+            y = bank.apply(args[0], y, routing)
+        # the module's fresh output, which no one else holds yet (unless a hook registered earlier kept it)
+        in_place = not (torch.is_grad_enabled() and y.requires_grad) and len(module._forward_hooks) == 1
         for bank in self.output_affine.values():
             y = bank.apply(y, routing, in_place=in_place)
         for bank in self.bottleneck.values():
@@ -358,9 +391,10 @@ class PromptSite(nn.Module):
     """
 
     def __init__(self, module: nn.Module, position: int, max_positions: int | None,
-                 decoders: list[nn.Module]) -> None:
+                 decoders: list[nn.Module], owner: object) -> None:
         super().__init__()
         self._module = (module,)
+        self._owner = owner
         self._decoders = tuple(decoders)
         self.position, self.max_positions = position, max_positions
         self.lengths = nn.ModuleDict()  # str(p) -> Bank of (p, width) prompts
@@ -381,7 +415,7 @@ class PromptSite(nn.Module):
         self._handles = []
 
     def _prepend(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
-        routing = ROUTING.get()
+        routing = routing_of(self._owner)
         if routing is None:
             return None
         kwargs = call_kwargs(module, args, kwargs)
@@ -422,7 +456,7 @@ class PromptSite(nn.Module):
         return (), kwargs
 
     def _widen_cross_attention(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple | None:
-        routing = ROUTING.get()
+        routing = routing_of(self._owner)
         if routing is None or routing.widened_mask is None:
             return None
         kwargs = call_kwargs(module, args, kwargs)

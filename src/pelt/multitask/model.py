@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +67,9 @@ from pelt.multitask.banks import (
 )
 from pelt.multitask.heads import HeadChain, HeadGroup
 from pelt.tasks import TaskSpec, get_task
+from pelt.tasks.spec import DEFAULT_MAX_LENGTH
 
 KINDS = ("sequence-classification", "multiple-choice", "text-to-text")
-DEFAULT_MAX_LENGTH = 128  # an adapter that records none (as pelt eval assumes)
 
 
 @dataclass
@@ -87,8 +88,7 @@ class TaskInfo:
     stored_bytes: int
     source: str
     config: dict[str, Any] = field(repr=False, default_factory=dict)
-    banks: list[Bank] = field(default_factory=list, repr=False)
-    head: HeadGroup | None = field(default=None, repr=False)
+    banks: list[Bank] = field(default_factory=list, repr=False)  # every bank holding its tensors (head included)
 
 
 @dataclass
@@ -154,6 +154,12 @@ class MultiTaskModel(nn.Module):
         self.arch = get_arch(model)
         self.seq2seq = is_seq2seq(model.config)
         self.backbone = base_model(model) if not self.seq2seq else model
+        served = self.backbone.__dict__.get("_pelt_served_by")
+        if served is not None and served() is not None:
+            raise PeltError("this backbone serves another MultiTaskModel already; add the tasks to that one, or load "
+                            "the base model again")
+        self.backbone.__dict__["_pelt_served_by"] = weakref.ref(self)
+        self._owner = object()  # what this model's routings carry, so that no other model's hooks act on them
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         self.config = self.backbone.config
@@ -224,8 +230,7 @@ class MultiTaskModel(nn.Module):
         for place in plan:  # every check passed: from here nothing fails on bad input
             info.banks += place(task_id)
         if head is not None:
-            info.head = head(task_id)
-            info.banks.append(info.head)
+            info.banks.append(head(task_id))
         self._tasks[name] = info
         self._reindex()
         return info
@@ -254,11 +259,11 @@ class MultiTaskModel(nn.Module):
                 raise PeltError("add_task takes an adapter folder or a model with a pelt method applied")
             if state.merged:
                 raise PeltError("the adapted model is merged; pelt.unmerge(model) before adding it as a task")
-            params = dict(adapter.named_parameters())
+            params, signature = dict(adapter.named_parameters()), model_signature(adapter)
             config = {"method": state.config.method, "method_config": state.config.to_dict(),
-                      "base_model": model_signature(adapter), "train_pooler": state.train_pooler,
-                      "pooling": state.pooling, "formulation": _task_kind({"base_model": model_signature(adapter)})}
-            return config, {n: params[n].detach().clone() for n in state.trainable}, type(adapter).__name__
+                      "base_model": signature, "train_pooler": state.train_pooler,
+                      "pooling": state.pooling, "formulation": _task_kind({"base_model": signature})}
+            return config, {n: params[n].detach() for n in state.trainable}, type(adapter).__name__
         config = read_adapter_config(adapter)
         adapter_method_config(config)  # an unknown method or option: one line, before any work
         return config, read_adapter_tensors(adapter), str(adapter)
@@ -317,6 +322,7 @@ class MultiTaskModel(nn.Module):
                     site.norm = None
                 if site.bias is not None and not site.bias.tasks:
                     site.bias = None
+                site.sync_forward()
         for key in [k for k, site in self.sites.items() if not site.banks()]:
             self.sites[key].detach()
             del self.sites[key]
@@ -332,7 +338,7 @@ class MultiTaskModel(nn.Module):
     def _site(self, path: str) -> Site:
         key = path.replace(".", "__") or "__root__"
         if key not in self.sites:
-            self.sites[key] = Site(self._module(path))
+            self.sites[key] = Site(self._module(path), self._owner)
             self.sites[key].attach()
         return self.sites[key]
 
@@ -361,6 +367,7 @@ class MultiTaskModel(nn.Module):
                 site = self._site(path)
                 if site.bias is None:
                     site.bias = BiasBank(module)
+                    site.sync_forward()
                 site.bias.add(task, {"bias": op.value})
                 return [site.bias]
             return place
@@ -392,6 +399,7 @@ class MultiTaskModel(nn.Module):
                 site = self._site(path)
                 if site.norm is None:
                     site.norm = NormBank(module)
+                    site.sync_forward()
                 site.norm.add(task, tensors)
                 return [site.norm]
             return place
@@ -438,7 +446,7 @@ class MultiTaskModel(nn.Module):
                 key = "prompt__" + path.replace(".", "__")
                 if key not in self.sites:
                     decoders = [self._module(e) for e in entries if e != path and _has(self.backbone, e)]
-                    self.sites[key] = PromptSite(module, op.position, op.max_positions, decoders)
+                    self.sites[key] = PromptSite(module, op.position, op.max_positions, decoders, self._owner)
                     self.sites[key].attach()
                 site = self.sites[key]
                 return [self._join(site.lengths, str(size),
@@ -500,7 +508,7 @@ class MultiTaskModel(nn.Module):
         """Run each input row with its task (`tasks`: one name or None per row, or one name for all rows)."""
         first = input_ids if input_ids is not None else inputs_embeds
         rows = self._row_ids(tasks, first.shape[0], first.device)
-        routing = Routing(rows)
+        routing = Routing(rows, owner=self._owner)
         token = ROUTING.set(None if self._merged is not None else routing)
         try:
             extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
@@ -543,7 +551,7 @@ class MultiTaskModel(nn.Module):
         settings = self.backbone.generation_config
         beams = int(generate_kwargs.get("num_beams") or settings.num_beams or 1)
         returned = int(generate_kwargs.get("num_return_sequences") or settings.num_return_sequences or 1)
-        routing = Routing(rows, expansions=(beams, returned, beams * returned))
+        routing = Routing(rows, owner=self._owner, expansions=(beams, returned, beams * returned))
         token = ROUTING.set(None if self._merged is not None else routing)
         try:
             return self.backbone.generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
@@ -645,18 +653,9 @@ def _fold(site: Site, bank: Bank, slot: int) -> None:
         module.bias.copy_(values["bias"])
     elif isinstance(bank, LowRankBank):
         module.weight.add_(values["up"] @ values["down"])
-    elif isinstance(module, nn.Linear):
+    else:
         side = "input" if bank in site.input_affine.values() else "output"
         fold_affine(module, side, values.get("scale"), values.get("shift"))
-    else:  # a norm's output: (n ⊙ w + b) ⊙ s + t
-        if "shift" in values and module._parameters.get("bias") is None:
-            raise PeltError(f"a shift on a {type(module).__name__} without a bias cannot be merged")
-        if "scale" in values:
-            module.weight.mul_(values["scale"])
-            if module._parameters.get("bias") is not None:
-                module.bias.mul_(values["scale"])
-        if "shift" in values:
-            module.bias.add_(values["shift"])
 
 
 def task_names(adapters: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike]) -> dict[str, str]:

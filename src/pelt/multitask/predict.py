@@ -21,7 +21,15 @@ import torch
 
 from pelt.errors import PeltError
 from pelt.tasks import TaskSpec
-from pelt.tasks.formats import copa_choices, encoder_segments, parse_generation, record_candidates, t5_input
+from pelt.tasks.formats import (
+    copa_choices,
+    encoder_segments,
+    parse_generation,
+    record_candidates,
+    t5_input,
+    target_strings,
+)
+from pelt.train.formulations import Formulation, formulation_for
 
 if TYPE_CHECKING:
     from pelt.multitask.model import MultiTaskModel, TaskInfo
@@ -60,14 +68,14 @@ def check_example(example: Any, spec: TaskSpec, kind: str) -> str | None:
 # ---- encoding --------------------------------------------------------------------------------------------------
 
 
-def _encode(mt: MultiTaskModel, info: TaskInfo, example: Mapping[str, Any]) -> dict[str, Any]:
-    """Tokenized rows of one example, and what decoding its answer needs."""
-    spec, tokenizer = info.spec, mt.tokenizer
+def _encode(mt: MultiTaskModel, info: TaskInfo, formulation: Formulation, example: Mapping[str, Any]
+            ) -> dict[str, Any]:
+    """Tokenized rows of one example (as its task's training tokenized them), and what decoding its answer needs."""
+    spec = info.spec
     assert spec is not None
 
     def tokenize(texts: list[tuple[str, ...]]) -> list[dict[str, list[int]]]:
-        columns = [list(c) for c in zip(*texts)]
-        encoded = tokenizer(*columns, truncation=True, max_length=info.max_length)
+        encoded = formulation.tokenize(texts)
         return [{k: encoded[k][i] for k in encoded} for i in range(len(texts))]
 
     extra: dict[str, Any] = {}
@@ -90,14 +98,7 @@ def _target_tokens(mt: MultiTaskModel, info: TaskInfo, example: Mapping[str, Any
     """How many tokens the longest answer of this example's task takes (plus end of sequence)."""
     spec = info.spec
     assert spec is not None
-    if spec.kind == "entity_ranking":
-        targets = list(example["entities"])
-    elif spec.kind == "regression":
-        targets = ["5.0", "0.0"]
-    elif info.config.get("target_style") == "ids":
-        targets = [str(i) for i in range(len(spec.label_names or ()))]
-    else:
-        targets = list(spec.label_names or ())
+    targets = target_strings(spec, info.config.get("target_style", "names")) or list(example["entities"])
     return max(len(mt.tokenizer(t)["input_ids"]) for t in targets) + 1
 
 
@@ -168,7 +169,11 @@ def predict(mt: MultiTaskModel, examples: Sequence[Mapping[str, Any]], tasks: st
         problem = check_example(example, infos[name].spec, infos[name].kind)
         if problem:
             raise PeltError(f"example {i + 1}: {problem}")
-    encoded = [_encode(mt, infos[name], example) for example, name in zip(examples, names)]
+    formulations = {name: formulation_for(info.spec, mt.config, mt.tokenizer, info.max_length,
+                                          target_style=info.config.get("target_style", "names"),
+                                          task_prefix=bool(info.config.get("task_prefix", True)))
+                    for name, info in infos.items()}
+    encoded = [_encode(mt, infos[name], formulations[name], example) for example, name in zip(examples, names)]
     answers: list[dict[str, Any]] = [{} for _ in examples]
     device = next(mt.backbone.parameters()).device
     pad_id = mt.tokenizer.pad_token_id if mt.tokenizer.pad_token_id is not None else 0

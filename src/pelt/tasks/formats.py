@@ -19,7 +19,7 @@ from pelt.errors import PeltError
 from pelt.tasks.spec import TaskSpec
 
 __all__ = ["INVALID", "TargetStyle", "copa_choices", "encoder_segments", "parse_generation", "record_candidates",
-           "stsb_target", "t5_input", "t5_targets"]
+           "stsb_target", "t5_input", "t5_targets", "target_strings"]
 
 TargetStyle = Literal["names", "ids"]
 INVALID = -1  # a generation that names no label
@@ -106,6 +106,17 @@ def t5_targets(spec: TaskSpec, example: dict[str, Any], style: TargetStyle = "na
     return [spec.label_names[label] if style == "names" else str(label)]  # type: ignore[index]
 
 
+def target_strings(spec: TaskSpec, style: TargetStyle = "names") -> list[str]:
+    """The strings a generation can name for a task: its labels (names or ids), or STS-B's ends of scale (ReCoRD's
+    answers are the example's own entities)."""
+    if spec.kind == "regression":
+        return [stsb_target(0.0), stsb_target(5.0)]
+    if spec.kind == "entity_ranking":
+        return []
+    labels = spec.label_names or ()
+    return list(labels) if style == "names" else [str(i) for i in range(len(labels))]
+
+
 def parse_generation(spec: TaskSpec, text: str, style: TargetStyle = "names") -> int | float | str:
     """Map a generated string back to a label id (INVALID if it names none), an STS-B score (NaN if it is not a
     number) or, for ReCoRD, the answer text itself."""
@@ -118,7 +129,7 @@ def parse_generation(spec: TaskSpec, text: str, style: TargetStyle = "names") ->
         except ValueError:
             return math.nan
         return value if math.isfinite(value) else math.nan
-    names = list(spec.label_names or ()) if style == "names" else [str(i) for i in range(len(spec.label_names or ()))]
+    names = target_strings(spec, style)
     if text in names:
         return names.index(text)
     folded = [n.casefold() for n in names]

@@ -73,6 +73,8 @@ class TaskSpec:
         return self.t5_fields or self.text_fields
 
 
+DEFAULT_MAX_LENGTH = 128  # what an adapter that records no max length was trained with (GLUE's protocol length)
+
 _ACC = ("accuracy",)
 _ACC_F1 = ("accuracy", "f1", "combined")
 _PAIR = ("sentence1", "sentence2")

@@ -87,7 +87,7 @@ class Formulation:
         """What an adapter must record to be evaluated the same way later."""
         return {"formulation": self.model_kind}
 
-    def _tokenize(self, segments: list[tuple[str, ...]]) -> dict[str, list]:
+    def tokenize(self, segments: list[tuple[str, ...]]) -> dict[str, list]:
         columns = list(zip(*segments))
         return self.tokenizer(*[list(c) for c in columns], truncation=True, max_length=self.max_length)
 
@@ -97,7 +97,7 @@ class Formulation:
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
             examples = [dict(zip(batch, values)) for values in zip(*batch.values())]
-            encoded = self._tokenize([encoder_segments(task, e) for e in examples])
+            encoded = self.tokenize([encoder_segments(task, e) for e in examples])
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
             encoded["labels"] = batch["label"]
             return encoded
@@ -133,7 +133,7 @@ class MultipleChoice(Formulation):
         def encode(batch: dict[str, list]) -> dict[str, list]:
             examples = [dict(zip(batch, values)) for values in zip(*batch.values())]
             per_example = [copa_choices(task, e) for e in examples]
-            flat = self._tokenize([pair for choices in per_example for pair in choices])
+            flat = self.tokenize([pair for choices in per_example for pair in choices])
             n = len(per_example[0]) if per_example else 0
             encoded = {k: [v[i:i + n] for i in range(0, len(v), n)] for k, v in flat.items()}
             encoded["length"] = [max(len(ids) for ids in choice) for choice in encoded["input_ids"]]
@@ -156,7 +156,7 @@ class EntityRanking(Formulation):
         def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
             examples = [dict(zip(batch, values)) for values in zip(*batch.values())]
             rows = [(i, *c) for i, e in zip(indices, examples) for c in record_candidates(task, e)]
-            encoded = self._tokenize([texts for _, texts, _, _ in rows]) if rows else {"input_ids": []}
+            encoded = self.tokenize([texts for _, texts, _, _ in rows]) if rows else {"input_ids": []}
             encoded["length"] = [len(ids) for ids in encoded["input_ids"]]
             encoded["labels"] = [label for *_, label in rows]
             encoded["query_row"] = [i for i, *_ in rows]
