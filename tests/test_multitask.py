@@ -301,7 +301,7 @@ def test_left_padded_rows_with_prompts_are_refused() -> None:
 
 def test_an_adapted_model_is_not_a_backbone() -> None:
     with pytest.raises(pelt.PeltError, match="plain base model"):
-        MultiTaskModel(adapted("hadamard", "bert", 1))
+        pelt.MultiTaskModel(adapted("hadamard", "bert", 1))  # also in pelt's namespace
 
 
 def test_rows_keep_their_gradients() -> None:

@@ -6,6 +6,7 @@
     ... train ...
     pelt.save_adapter(model, "out/adapter")
     pelt.load_adapter(fresh_model, "out/adapter")
+    mt = pelt.MultiTaskModel.from_adapters({"sst2": "runs/sst2/adapter", "rte": "runs/rte/adapter"})
 """
 
 __version__ = "0.1.0"
@@ -43,6 +44,14 @@ from pelt.methods import (  # noqa: E402
     make_config,
 )
 
+def __getattr__(name: str):  # noqa: ANN202 (the multi-task model imports on first use: `import pelt` stays light)
+    if name == "MultiTaskModel":
+        from pelt.multitask import MultiTaskModel
+
+        return MultiTaskModel
+    raise AttributeError(f"module 'pelt' has no attribute {name!r}")
+
+
 __all__ = [
     "AdapterConfig",
     "AdapterDropConfig",
@@ -57,6 +66,7 @@ __all__ = [
     "PromptTuningConfig",
     "LowRankConfig",
     "MethodConfig",
+    "MultiTaskModel",
     "PfeifferConfig",
     "PHMAdapterConfig",
     "ParameterReport",
