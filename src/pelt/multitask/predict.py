@@ -178,7 +178,7 @@ def predict(mt: MultiTaskModel, examples: Sequence[Mapping[str, Any]], tasks: st
     device = next(mt.backbone.parameters()).device
     pad_id = mt.tokenizer.pad_token_id if mt.tokenizer.pad_token_id is not None else 0
     batches = _batches(encoded, batch_size)
-    for batch in _progress(batches, progress, len(examples), batch_size):
+    for batch in _progress(batches, progress, len(examples)):
         rows = [row for i in batch for row in encoded[i]["rows"]]
         row_tasks = [names[i] for i in batch for _ in encoded[i]["rows"]]
         inputs = _pad(rows, pad_id, device)
@@ -215,7 +215,7 @@ def _batches(encoded: list[dict[str, Any]], batch_size: int) -> list[list[int]]:
     return batches
 
 
-def _progress(batches: list[list[int]], show: bool, total: int, batch_size: int) -> Iterator[list[int]]:
+def _progress(batches: list[list[int]], show: bool, total: int) -> Iterator[list[int]]:
     if not show:
         yield from batches
         return
