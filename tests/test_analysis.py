@@ -720,3 +720,13 @@ def test_ablation_grid_with_a_failing_run_goes_on(tmp_path):
     assert sorted(r["status"] for r in records) == ["failed", "ok"]
     text = analysis.write_layer_report(runs, tmp_path, tmp_path).read_text()
     assert "| 1 | 60.0 / 50.0 | failed |" in text
+
+
+def test_a_diverging_shared_adapter_stops_at_the_step(tiny_reference, tmp_path):
+    config = pelt.train.TrainConfig(output_dir=str(tmp_path / "shared"), epochs=1, batch_size=8, learning_rate=1e30,
+                                    warmup_steps=0, head_epochs=0)
+    with pytest.raises(PeltError, match=r"training diverged at step [1-9]\d* \(method stage, learning rate 1e\+30\): "
+                                        r"the loss of (sst2|cola) is nan"):
+        analysis.train_shared_adapter(["sst2", "cola"], pelt.HadamardConfig(), config, model=str(tiny_reference["model"]),
+                                      data_dir=tiny_reference["data"], split_protocol="standard", log=lambda line: None)
+    assert not list((tmp_path / "shared").glob("*/adapter"))  # nothing diverged was saved

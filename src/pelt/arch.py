@@ -254,5 +254,16 @@ def batch_shared_modules(backbone: nn.Module) -> set[str]:
     return {p for p in paths if p}
 
 
+def position_limit(module: nn.Module) -> int | None:
+    """How many tokens a model (or one of its stacks' entry modules) with absolute positions can take; None:
+    relative positions (T5, DeBERTa-v3 without position embeddings), no limit."""
+    for candidate in (module, base_model(module) if hasattr(module, "base_model_prefix") else module):
+        table = getattr(getattr(candidate, "embeddings", None), "position_embeddings", None)
+        if isinstance(table, nn.Embedding):
+            offset = table.padding_idx + 1 if table.padding_idx is not None else 0  # RoBERTa counts from padding + 1
+            return table.num_embeddings - offset
+    return None
+
+
 def is_layer_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("LayerNorm")

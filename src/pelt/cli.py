@@ -369,7 +369,13 @@ def _train(args: argparse.Namespace) -> None:
                            pooling=args.pooling, split_protocol=args.split_protocol, split_seed=args.split_seed,
                            on_start=show, on_note=lambda line: print(f"pelt: {line}", flush=True))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the last completed checkpoint (if any) is in {args.output_dir}", file=sys.stderr)
+        if args.overwrite and (Path(args.output_dir) / "results.json").is_file():
+            where = (f"{args.output_dir} holds the run it held before (--overwrite replaces it only once the new "
+                     "run finishes)")
+        else:
+            where = f"the last completed checkpoint (if any) is in {args.output_dir}"
+        _end_progress_bars()
+        print(f"\ninterrupted; {where}", file=sys.stderr)
         raise
     print(f"\n{results['task']} · {results['method']} · best checkpoint {results['best_checkpoint']}")
     for split, metrics in results["metrics"].items():
@@ -381,13 +387,14 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from pelt.files import strict_json
     from pelt.pipeline import evaluate_adapter
 
     metrics = evaluate_adapter(args.adapter, task=args.task, data_dir=args.data_dir, model=args.model,
                                splits=args.split, max_length=args.max_length, batch_size=args.batch_size,
                                split_protocol=args.split_protocol, split_seed=args.split_seed)
     if args.json:
-        print(json.dumps(metrics, indent=2))
+        print(strict_json(metrics, indent=2))
         return
     for split, values in metrics.items():
         print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
@@ -582,7 +589,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> None:
+    from pelt.files import make_writable_folder, strict_json, write_text_atomically
     from pelt.harness.efficiency import efficiency_table, markdown
+
+    if args.output_dir is not None:  # before the first method is measured, not after
+        make_writable_folder(args.output_dir, "--output-dir")
 
     def table(rows: list[dict[str, Any]]) -> str:
         return markdown(rows, memory_budget_mb=args.memory_budget_mb, epoch_examples=args.epoch_examples)
@@ -598,21 +609,14 @@ def _bench(args: argparse.Namespace) -> None:
         command = " ".join(["pelt", *(a if a and " " not in a else repr(a) for a in shown)])
         partial = "" if len(rows) == len(args.methods) else \
             f"Partial: {len(rows)} of {len(args.methods)} methods measured so far.\n\n"
-        _write_atomically(folder / "efficiency.md", f"Produced by `{command}`.\n\n{partial}{table(rows)}")
-        _write_atomically(folder / "efficiency.json", json.dumps(rows, indent=2) + "\n")
+        write_text_atomically(folder / "efficiency.md", f"Produced by `{command}`.\n\n{partial}{table(rows)}")
+        write_text_atomically(folder / "efficiency.json", strict_json(rows, indent=2) + "\n")
 
     rows = efficiency_table(args.methods, args.model, batch_size=args.batch_size, seq_len=args.seq_len,
                             steps=args.steps, warmup=args.warmup, memory_budget_mb=args.memory_budget_mb,
                             epoch_examples=args.epoch_examples, train_pooler=args.train_pooler,
                             pooling=args.pooling, log=lambda line: print(line, file=sys.stderr), on_row=save)
     print(table(rows))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """A kill mid-write leaves the previous file, never half of the new one."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -721,7 +725,8 @@ def _split_sizes(task: str, args: argparse.Namespace) -> str:
         except PeltError as e:
             if args.task:  # asked for by name: say exactly what is wrong
                 raise
-            parts.append(f"{split} missing" if "not found" in str(e) or "neither" in str(e) else f"{split} error")
+            missing = "not found" in str(e) or "neither" in str(e)
+            parts.append(f"{split} missing" if missing else f"{split} unreadable ({e})")
     return ", ".join(parts)
 
 
@@ -729,6 +734,10 @@ def _tasks(args: argparse.Namespace) -> None:
     from pelt.tasks import get_task, list_tasks, protocol_defaults
 
     names = [get_task(t).name for t in args.task] if args.task else list_tasks()
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        what = "is a file" if Path(args.data_dir).exists() else "does not exist"
+        raise PeltError(f"--data-dir {args.data_dir} {what}; pass the folder holding the tasks' data (glue/, "
+                        "superglue/, or the task folders such as SST-2/)")
     print(f"{'task':<14} {'benchmark':<9} {'main metric':<21} {'epochs':>6} {'batch':>5} {'length':>6} "
           f"{'warm-up':>7}" + ("  rows (" + args.split_protocol + " splits)" if args.data_dir else ""))
     for name in names:
@@ -754,13 +763,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = {"train": _train, "eval": _eval, "predict": _predict, "params": _params, "methods": _methods, "tasks": _tasks,
                     "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args) or 0
     except PeltError as e:
+        _end_progress_bars()
         print(f"pelt: error: {e}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    except OSError as e:  # a full disk, a folder that became unwritable: what happened, in one line
+        from pelt.files import os_error_line
+
+        _end_progress_bars()
+        print(f"pelt: error: {os_error_line(e)}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     if ours:
         _release_process_group(finished=code == 0)
     return code
+
+
+def _end_progress_bars() -> None:
+    """Close the progress bars an error cut short, so that the error starts a line of its own (a bar ends with a
+    carriage return, not a newline) and no bar is redrawn after it."""
+    bar_class = getattr(sys.modules.get("tqdm.std"), "tqdm", None)
+    for bar in list(getattr(bar_class, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 (a bar that cannot close must not hide the error)
+            pass
 
 
 def _pelt_warnings_as_lines(show: Callable[..., None]) -> Callable[..., None]:

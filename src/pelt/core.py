@@ -7,6 +7,7 @@ set saved to disk is the one the method declared, not whatever happens to have r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,11 +25,13 @@ from torch import nn
 from pelt import __version__
 from pelt.arch import base_model, get_arch, head_module_names, is_layer_norm, iter_layers, pooler_path
 from pelt.errors import PeltError, PeltWarning
+from pelt.files import default_file_mode, strict_json
 from pelt.methods import MethodConfig, get_method
 from pelt.models import checkpoint_name
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
+CHECKSUM_KEY = "weights_sha256"  # of WEIGHTS_NAME, in the config
 
 
 @dataclass
@@ -53,7 +56,21 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def check_model_argument(model: Any, function: str) -> None:
+    """The public functions take a transformers model: anything else is refused here, in one line, not by an
+    AttributeError from deep inside."""
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise PeltError(f"{function} takes a transformers model (an nn.Module with a .config, e.g. from "
+                        f"AutoModelForSequenceClassification.from_pretrained), got {type(model).__name__}")
+
+
+def check_path_argument(path: Any, function: str) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise PeltError(f"{function} takes a folder path (str or pathlib.Path), got {type(path).__name__}")
+
+
 def _state(model: nn.Module) -> PeltState:
+    check_model_argument(model, "this function")
     state = getattr(model, "pelt_state", None)
     if state is None:
         raise PeltError("this model has no pelt method applied; call pelt.apply_method(model, config) first")
@@ -175,6 +192,9 @@ def apply_method(
     dense layer from scratch, and checkpoints tuned without it (sentence-embedding models) leave it untrained.
     `pooling` ("cls" or "mean") instead replaces BERT's pooler by a parameter-free one (see TokenPooling).
     """
+    check_model_argument(model, "apply_method")
+    if not isinstance(config, MethodConfig):
+        raise PeltError(f"apply_method takes a method config (e.g. pelt.HadamardConfig()), got {type(config).__name__}")
     if getattr(model, "pelt_state", None) is not None:
         raise PeltError("a pelt method is already applied to this model; start again from a fresh base model")
     if pooling is not None and train_pooler:
@@ -331,12 +351,12 @@ def _write_atomically(target: Path, write: Any) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(staging)
+        mode = default_file_mode()
         for file in staging.iterdir():  # on disk before the swap: a power cut cannot leave empty files behind
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # as a plain mkdir would make it (mkdtemp's is private)
+            file.chmod(mode)  # as a plain open() would make it (safetensors writes its file private)
+        staging.chmod(mode | (mode & 0o444) >> 2)  # as a plain mkdir would make it (mkdtemp's is private)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -349,13 +369,37 @@ def _write_atomically(target: Path, write: Any) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors that hold a NaN or an infinity (one device sync for all of them)."""
+    if not tensors:
+        return []
+    flags = [torch.isfinite(t.detach()).all() for t in tensors.values()]
+    finite = torch.stack([f.to(flags[0].device) for f in flags]).tolist()
+    return [name for name, ok in zip(tensors, finite) if not ok]
+
+
+def weights_checksum(path: str | os.PathLike) -> str:
+    """SHA-256 of a weights file, recorded in the adapter config: a flipped byte in the data is found on load."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_adapter(model: nn.Module, path: str | os.PathLike, *, metadata: dict[str, Any] | None = None) -> Path:
     """Save only what was trained (method weights, unfrozen base weights, task head) and the method config."""
+    check_model_argument(model, "save_adapter")
+    check_path_argument(path, "save_adapter")
     state = _state(model)
     if state.merged:
         raise PeltError("the method is merged into the base weights; call pelt.unmerge(model) before saving")
     params = dict(model.named_parameters())
     tensors = {name: params[name].detach().to("cpu").contiguous().clone() for name in state.trainable}
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise PeltError(f"not saving {path}: {len(bad)} trained tensors hold NaN or infinite values ({bad[0]}, ...); "
+                        "the training diverged")
     config = {
         "pelt_version": __version__,
         "method": state.config.method,
@@ -378,15 +422,21 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, *, metadata: dict[st
 
     def write(folder: Path) -> None:
         save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "method": state.config.method})
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        config[CHECKSUM_KEY] = weights_checksum(folder / WEIGHTS_NAME)
+        (folder / CONFIG_NAME).write_text(strict_json(config, indent=2) + "\n")
 
     _write_atomically(target, write)
     return target
 
 
 def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
+    check_path_argument(path, "reading an adapter")
     folder = Path(path)
     file = folder / CONFIG_NAME
+    if folder.is_file():
+        hint = f"; pass its folder, {folder.parent}" if folder.name in (CONFIG_NAME, WEIGHTS_NAME) else \
+            f"; pass the folder that holds {CONFIG_NAME}"
+        raise PeltError(f"adapter {folder} is a file, not an adapter folder{hint}")
     if not folder.is_dir():
         previous = folder.with_name(f".{folder.name}.old")
         if (previous / CONFIG_NAME).is_file():  # a save was cut between its two renames
@@ -446,24 +496,34 @@ def adapter_method_config(config: dict[str, Any]) -> MethodConfig:
         raise PeltError(f"{e}{_saved_by_newer(config)}") from None
 
 
-def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """An adapter folder's trained tensors (safetensors only)."""
+def read_adapter_tensors(path: str | os.PathLike, config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """An adapter folder's trained tensors (safetensors only), checked against the checksum its config records
+    (adapters saved before pelt recorded one are checked for finite values only)."""
     weights_file = Path(path) / WEIGHTS_NAME
     if not weights_file.is_file():
         raise PeltError(f"{Path(path)} has no {WEIGHTS_NAME}; the adapter is incomplete")
+    recorded = (config if config is not None else read_adapter_config(path)).get(CHECKSUM_KEY)
+    if recorded is not None and recorded != weights_checksum(weights_file):
+        raise PeltError(f"{weights_file} does not match the checksum its {CONFIG_NAME} records: the file is damaged "
+                        "or was changed after saving; restore it from a copy or train the adapter again")
     try:
         tensors = load_file(str(weights_file))
     except Exception as e:  # safetensors raises its own error types for truncated files
         raise PeltError(f"cannot read {weights_file}: {e}; the adapter file is damaged") from None
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise PeltError(f"{weights_file}: {len(bad)} tensors hold NaN or infinite values ({bad[0]}, ...); the "
+                        "adapter comes from a diverged training and would answer nonsense")
     return tensors
 
 
 def load_adapter(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Apply a saved adapter's method to a fresh base model and load its trained weights."""
+    check_model_argument(model, "load_adapter")
     config = read_adapter_config(path)
     check_base_model(path, config["base_model"], model_signature(model))
     method_config = adapter_method_config(config)
-    tensors = read_adapter_tensors(path)
+    tensors = read_adapter_tensors(path, config)
     apply_adapter_config(model, config, method_config)
     _load_trained(model, tensors, source=str(Path(path) / WEIGHTS_NAME))
     return model

@@ -25,7 +25,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from pelt.arch import get_arch
+from pelt.arch import get_arch, head_module_names, pooler_path
 from pelt.errors import PeltError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -114,12 +114,51 @@ def load_config(name: str | os.PathLike | None, **overrides: Any) -> PretrainedC
 
 
 def _not_found(name: str, error: Exception) -> str:
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        return f"{name} has no config.json; pass the folder a transformers model was saved into (save_pretrained)"
     if Path(name).exists():
         return f"cannot read a model configuration from {name}: {str(error).splitlines()[0]}"
     return (
-        f"model '{name}' is neither a local folder nor reachable on the hub; pass a folder with config.json "
-        f"(known offline sizes: {', '.join(KNOWN_CONFIGS)}), or omit --model for the bundled {DEFAULT_MODEL}"
+        f"model '{name}' is neither a local folder nor reachable on the hub; give a folder with config.json "
+        f"(known offline sizes: {', '.join(KNOWN_CONFIGS)}), or no model for the bundled {DEFAULT_MODEL}"
     )
+
+
+# Files a tokenizer is built from, one of which every checkpoint folder needs (without them transformers builds
+# a tokenizer of its five special tokens, and every word becomes [UNK]).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model", "spm.model")
+
+
+def check_tokenizer_files(resolved: str) -> None:
+    """Refuse a local model folder without a tokenizer, before any weights load."""
+    folder = Path(resolved)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise PeltError(f"no tokenizer files in {folder} (one of {', '.join(TOKENIZER_FILES)}); save the checkpoint's "
+                        "tokenizer there too (tokenizer.save_pretrained)")
+
+
+def check_loaded_weights(resolved: str, model: nn.Module, info: dict[str, Any]) -> None:
+    """Only the task head may be new or resized: any other missing or mismatched tensor means the checkpoint's
+    config disagrees with its weights, and the backbone would train from random values. A pooler may be new too
+    (RoBERTa's multiple-choice model has one its checkpoints lack): `pelt.core.default_pooling` then reads the
+    token mean instead."""
+    head = head_module_names(model)
+    pooler = pooler_path(model)
+
+    def outside(key: str, modules: list[str]) -> bool:
+        return not any(key == m or key.startswith(f"{m}.") for m in modules)
+
+    mismatched = sorted((k, tuple(a), tuple(b)) for k, a, b in info.get("mismatched_keys", ()) if outside(k, head))
+    missing = sorted(k for k in info.get("missing_keys", ()) if outside(k, head + ([pooler] if pooler else [])))
+    if mismatched:
+        key, saved, expected = mismatched[0]
+        raise PeltError(f"the weights in {resolved} do not fit its config.json: {key} is saved as {saved}, the config "
+                        f"makes it {expected} ({len(mismatched)} tensors differ); fix config.json or use the folder "
+                        "the weights came from")
+    if missing:
+        raise PeltError(f"the weights in {resolved} lack {missing[0]}" + (f" and {len(missing) - 1} more tensors"
+                        if len(missing) > 1 else "") + "; the checkpoint is incomplete or of another architecture")
 
 
 def is_seq2seq(config: PretrainedConfig) -> bool:
@@ -129,10 +168,13 @@ def is_seq2seq(config: PretrainedConfig) -> bool:
 def build_model_from_config(config: PretrainedConfig, *, device: str | torch.device = "meta") -> nn.Module:
     """A randomly initialised model of this configuration (on the meta device: shapes only, no memory)."""
     get_arch(config)
-    with torch.device(device):
-        if is_seq2seq(config):
-            return T5ForConditionalGeneration(config)
-        return AutoModelForSequenceClassification.from_config(config)
+    try:
+        with torch.device(device):
+            if is_seq2seq(config):
+                return T5ForConditionalGeneration(config)
+            return AutoModelForSequenceClassification.from_config(config)
+    except (ValueError, TypeError) as e:  # transformers checks a config's sizes only when building the model
+        raise PeltError(f"impossible model configuration: {' '.join(str(e).split())}") from None
 
 
 def load_pretrained(
@@ -159,9 +201,10 @@ def load_pretrained(
             else "single_label_classification"
     auto = {"sequence-classification": AutoModelForSequenceClassification,
             "multiple-choice": AutoModelForMultipleChoice, "text-to-text": AutoModelForSeq2SeqLM}[kind]
-    # A checkpoint's own task head (another label count, or a single-score head) is replaced, not an error.
+    # A checkpoint's own task head (another label count, or a single-score head) is replaced, not an error; any
+    # other tensor that is missing or of another shape is (check_loaded_weights).
     return _quietly_load(resolved, lambda: auto.from_pretrained(
-        resolved, config=config, ignore_mismatched_sizes=kind != "text-to-text"))
+        resolved, config=config, ignore_mismatched_sizes=True, output_loading_info=True))
 
 
 def load_backbone(name: str | os.PathLike | None) -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -171,20 +214,29 @@ def load_backbone(name: str | os.PathLike | None) -> tuple[nn.Module, PreTrained
     config = load_config(resolved)
     get_arch(config)
     auto = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModel
-    return _quietly_load(resolved, lambda: auto.from_pretrained(resolved, config=config))
+    return _quietly_load(resolved, lambda: auto.from_pretrained(
+        resolved, config=config, ignore_mismatched_sizes=True, output_loading_info=True))
 
 
 def _quietly_load(resolved: str, load: Any) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """`load()` gives (model, loading info); the model is checked against its weights, the tokenizer loaded."""
+    check_tokenizer_files(resolved)
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "some weights were newly initialized" is expected: the head is new
     hf_logging.disable_progress_bar()  # keep stderr to pelt's own lines
     try:
-        model = load()
+        model, info = load()
         tokenizer = AutoTokenizer.from_pretrained(resolved)
     except (OSError, ValueError) as e:
         raise PeltError(_not_found(resolved, e)) from None
+    except Exception as e:  # safetensors' own error for a truncated or damaged weights file
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise PeltError(f"cannot read the weights in {resolved}: {e}; the file is damaged or incomplete (copy it "
+                        "again)") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    check_loaded_weights(resolved, model, info)
     return model.eval(), tokenizer

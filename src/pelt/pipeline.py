@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,15 @@ from pelt.core import (
     parameter_report,
     read_adapter_config,
 )
-from pelt.errors import PeltError
+from pelt.arch import position_limit
+from pelt.errors import PeltError, PeltWarning
 from pelt.methods import MethodConfig, get_method
 from pelt.models import build_model_from_config, is_seq2seq, load_config, load_pretrained, resolve_model
 from pelt.tasks import TaskSpec, get_task, load_splits, protocol_splits
 from pelt.tasks.data import SplitProtocol
 from pelt.tasks.spec import DEFAULT_MAX_LENGTH
 from pelt.train import TrainConfig, evaluate_model, formulation_for, train_model
+from pelt.train.run_folder import claim_run_folder
 
 
 def _model_kind(spec: TaskSpec, model: str | None) -> str:
@@ -48,9 +52,43 @@ def adapter_base_model(config: dict[str, Any], model: str | None = None) -> str 
     base_name = model or config.get("model") or config["base_model"].get("name_or_path")
     if not base_name:
         raise PeltError("the adapter does not record its base model; pass --model")
-    if model is None and not Path(base_name).exists() and config.get("model_label", "").endswith("(bundled)"):
-        return None  # saved on another machine: the bundled model lives elsewhere here
+    if model is None and not Path(base_name).exists():
+        if str(config.get("model_label", "")).endswith("(bundled)"):
+            return None  # saved on another machine: the bundled model lives elsewhere here
+        if Path(base_name).is_absolute():  # a local folder recorded where it was trained
+            raise PeltError(f"the adapter was trained on the local model {base_name}, which is not on this machine; "
+                            "pass --model with a copy of that model")
     return base_name
+
+
+def _describe_labels(spec: TaskSpec) -> str:
+    if spec.kind == "regression":
+        return "a regression score"
+    if not spec.label_names:
+        return f"{spec.kind.replace('_', ' ')} scores"
+    return "labels " + ", ".join(spec.label_names)
+
+
+def check_task_fits(adapter: str | os.PathLike, config: dict[str, Any], spec: TaskSpec) -> None:
+    """An adapter asked for another task than it was trained on: refused when that task's answers differ (a head
+    trained for other labels would be scored against them), a warning when only the name differs (RTE in GLUE
+    and in SuperGLUE)."""
+    trained = config.get("task")
+    if not trained or trained == spec.name:
+        return
+    try:
+        trained_spec = get_task(trained)
+    except PeltError:
+        trained_spec = None
+    recorded = tuple(config.get("label_names") or (trained_spec.label_names if trained_spec else ()) or ())
+    same = recorded == tuple(spec.label_names or ()) and (trained_spec is None or trained_spec.kind == spec.kind)
+    if not same:
+        what = _describe_labels(trained_spec) if trained_spec else ("labels " + ", ".join(recorded) if recorded
+                                                                  else "another task")
+        raise PeltError(f"adapter {adapter} was trained on {trained} ({what}), but {spec.name} asks for "
+                        f"{_describe_labels(spec)}; evaluate it on {trained}, or train an adapter for {spec.name}")
+    warnings.warn(f"adapter {adapter} was trained on {trained}; {spec.name} has the same labels, so it is scored "
+                  "as it is", PeltWarning, stacklevel=3)
 
 
 def finetune(
@@ -77,27 +115,43 @@ def finetune(
     pooling where the checkpoint's pooler was never trained, else the pooler (`pelt.core.default_pooling`).
     """
     spec = get_task(task)
+    length_asked = train_config.max_length is not None
     train_config = train_config.for_task(spec)
     _model_kind(spec, model)  # a model that cannot be found fails before any data is read
-    # the subsample follows the data's seed: every training seed of a grid sees the same examples
-    data = load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,
-                       max_train_samples=max_train_samples, seed=split_seed)
-    set_seed(train_config.seed)
-    base, tokenizer = load_task_model(spec, model)
-    chosen = default_pooling(base, pooling, train_pooler)
-    if chosen != pooling and pooling is None and on_note:
-        on_note("pooling mean: this checkpoint's pooler was never trained (its bias is all zeros), so the classifier "
-                "reads the mean of the tokens' states and no pooler is stored per task; --pooling pooler keeps it "
-                "as it is, --train-pooler trains it")
-    apply_method(base, method, train_pooler=train_pooler, pooling=chosen)
-    get_method(method.method).check_input_length(base, train_config.max_length)
-    formulation = formulation_for(spec, base.config, tokenizer, train_config.max_length,
-                                  target_style=train_config.target_style, task_prefix=train_config.task_prefix)
-    report = parameter_report(base)
-    if on_start:
-        on_start(report, train_config)
-    info = run_info(model, data_dir, split_protocol, split_seed, max_train_samples)
-    return train_model(base, formulation, data, train_config, run_info=info)
+    with claim_run_folder(train_config.output_dir, overwrite=train_config.overwrite):
+        # the subsample follows the data's seed: every training seed of a grid sees the same examples
+        data = load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,
+                           max_train_samples=max_train_samples, seed=split_seed)
+        set_seed(train_config.seed)
+        base, tokenizer = load_task_model(spec, model)
+        chosen = default_pooling(base, pooling, train_pooler)
+        if chosen != pooling and pooling is None and on_note:
+            on_note("pooling mean: this checkpoint's pooler was never trained (its bias is all zeros), so the "
+                    "classifier reads the mean of the tokens' states and no pooler is stored per task; --pooling "
+                    "pooler keeps it as it is, --train-pooler trains it")
+        apply_method(base, method, train_pooler=train_pooler, pooling=chosen)
+        train_config = fit_max_length(base, train_config, asked=length_asked, on_note=on_note)
+        formulation = formulation_for(spec, base.config, tokenizer, train_config.max_length,
+                                      target_style=train_config.target_style, task_prefix=train_config.task_prefix)
+        report = parameter_report(base)
+        if on_start:
+            on_start(report, train_config)
+        info = run_info(model, data_dir, split_protocol, split_seed, max_train_samples)
+        return train_model(base, formulation, data, train_config, run_info=info)
+
+
+def fit_max_length(model: nn.Module, config: TrainConfig, *, asked: bool, on_note: Any = None) -> TrainConfig:
+    """The config with a max length the adapted model can take: a protocol default longer than the model's
+    positions is cut to them (with a note); a length the user asked for is refused, before anything is written
+    (the first batch that long would fail inside the model)."""
+    limit = position_limit(model)
+    if not asked and limit is not None and config.max_length is not None and config.max_length > limit:
+        if on_note:
+            on_note(f"max length {limit}: the task's default of {config.max_length} tokens exceeds this model's "
+                    f"{limit} positions")
+        config = replace(config, max_length=limit)
+    get_method(model.pelt_state.config.method).check_input_length(model, config.max_length)
+    return config
 
 
 def run_info(model: str | None, data_dir: str | os.PathLike | None, split_protocol: str, split_seed: int,
@@ -139,6 +193,7 @@ def load_adapted(
     if not task_name:
         raise PeltError(f"adapter {adapter} does not record its task; pass --task")
     spec = get_task(task_name)
+    check_task_fits(adapter, config, spec)
     base, tokenizer = load_task_model(spec, adapter_base_model(config, model))
     load_adapter(base, adapter)
     base.eval()

@@ -8,7 +8,6 @@ and what the task scores when that map replaces fine-tuning).
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from pelt.analysis.fitting import (
 )
 from pelt.analysis.reference import ReferencePair, load_reference_pair
 from pelt.errors import PeltError
+from pelt.files import write_json as _write_json
 from pelt.methods.base import replace_module
 from pelt.train import evaluate_model
 
@@ -44,10 +44,6 @@ __all__ = ["Captures", "analyze_attention_norms", "analyze_fitting", "fit_layer_
 
 def _eval_split(data: DatasetDict) -> str:
     return next(name for name in data if name != "train")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def _relative(path: str | os.PathLike, folder: str | os.PathLike) -> str:

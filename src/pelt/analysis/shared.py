@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from datasets import DatasetDict
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup, set_seed
@@ -35,7 +34,6 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pelt.arch import base_model, pooler_path
 from pelt.core import (
-    WEIGHTS_NAME,
     PeltState,
     apply_method,
     default_pooling,
@@ -43,15 +41,19 @@ from pelt.core import (
     load_trained_weights,
     parameter_report,
     read_adapter_config,
+    read_adapter_tensors,
     replace_pooler,
     save_adapter,
     set_trainable,
 )
 from pelt.errors import PeltError
+from pelt.files import write_json
 from pelt.methods import MethodConfig, get_method
-from pelt.pipeline import adapter_base_model, finetune, load_task_model, run_info
+from pelt.models import checkpoint_name
+from pelt.pipeline import adapter_base_model, finetune, fit_max_length, load_task_model, run_info
 from pelt.tasks import TaskSpec, get_task, load_splits
 from pelt.train import TrainConfig, evaluate_model
+from pelt.train.run_folder import claim_run_folder
 from pelt.train.trainer import adapter_metadata
 from pelt.train.formulations import Formulation, formulation_for
 
@@ -88,20 +90,30 @@ def _initial_values(adapter: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in base.named_parameters() if p.requires_grad}
 
 
+def _base_identity(config: dict[str, Any]) -> tuple[Any, ...]:
+    base = config["base_model"]
+    name = checkpoint_name(str(base.get("name_or_path") or "")) or str(base.get("model_type"))
+    return name, base.get("model_type"), base.get("hidden_size"), base.get("num_layers"), base.get("base_params")
+
+
 def adapter_similarity(adapters: dict[str, str | os.PathLike]) -> dict[str, Any]:
     """Per layer and trained tensor: each task's move from its initial value, and how alike the moves are."""
     if len(adapters) < 2:
         raise PeltError(f"comparing adapters needs at least two tasks, got {len(adapters)}")
-    methods = {task: read_adapter_config(path)["method"] for task, path in adapters.items()}
+    configs = {task: read_adapter_config(path) for task, path in adapters.items()}
+    methods = {task: config["method"] for task, config in configs.items()}
     if len(set(methods.values())) > 1:
         raise PeltError(f"the adapters use different methods ({', '.join(f'{t}: {m}' for t, m in methods.items())}); "
                         "compare adapters of one method")
+    first = next(iter(adapters))
+    for task, config in configs.items():  # adapters of other base models have other shapes, and mean nothing here
+        if _base_identity(config) != _base_identity(configs[first]):
+            raise PeltError(f"adapters {first} and {task} were trained on different base models "
+                            f"({_base_identity(configs[first])[0]} and {_base_identity(config)[0]}); compare adapters "
+                            "of one base model")
     moves: dict[str, dict[str, torch.Tensor]] = {}
     for task, path in adapters.items():
-        weights = Path(path) / WEIGHTS_NAME
-        if not weights.is_file():
-            raise PeltError(f"{path} has no {WEIGHTS_NAME}; pass adapter folders")
-        trained, initial = load_file(str(weights)), _initial_values(path)
+        trained, initial = read_adapter_tensors(path, configs[task]), _initial_values(path)
         moves[task] = {name: (tensor.double() - initial[name].double()).flatten()
                        for name, tensor in trained.items() if name in initial and _layer_key(name)}
     tasks = list(adapters)
@@ -109,6 +121,11 @@ def adapter_similarity(adapters: dict[str, str | os.PathLike]) -> dict[str, Any]
                     key=lambda n: (_layer_key(n)[0], _layer_key(n)[1], _layer_key(n)[2]))  # type: ignore[index]
     if not common:
         raise PeltError("the adapters have no per-layer tensor in common (different layers or models?)")
+    for name in common:
+        sizes = {t: moves[t][name].numel() for t in tasks}
+        if len(set(sizes.values())) > 1:
+            raise PeltError(f"{name} has {', '.join(f'{n:,} values in {t}' for t, n in sizes.items())}; compare "
+                            "adapters trained with the same method options")
     rows = []
     for name in common:
         prefix, index, rest = _layer_key(name)  # type: ignore[misc]
@@ -135,7 +152,7 @@ def write_similarity_report(similarity: dict[str, Any], folder: str | os.PathLik
     """similarity.md / .json / .png: the per-layer table and a heat map of the pairwise cosines."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "similarity.json").write_text(json.dumps(similarity, indent=2) + "\n")
+    write_json(out / "similarity.json", similarity)
     tasks, rows = similarity["tasks"], similarity["rows"]
     pairs = list(rows[0]["cosine"])
     lines = [f"# What the {similarity['method']} adapters of {', '.join(tasks)} share", "",
@@ -256,101 +273,108 @@ def train_shared_adapter(
     specs = _shared_tasks(tasks)
     config = train_config.for_task(specs[0])
     out = Path(config.output_dir)
-    set_seed(config.seed)
-    models, tokenizer = shared_models(specs, method, model, train_pooler=train_pooler, pooling=pooling)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    for task_model in models:
-        task_model.to(device)
-    get_method(method.method).check_input_length(models[0], config.max_length)
-    formulations = [formulation_for(spec, m.config, tokenizer, config.max_length) for spec, m in zip(specs, models)]
-    data: list[DatasetDict] = []
-    for spec in specs:
-        limit = max_train_samples.get(spec.name) if isinstance(max_train_samples, dict) else max_train_samples
-        data.append(load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,  # type: ignore[arg-type]
-                                max_train_samples=limit, seed=split_seed))  # as finetune: the data's seed
-    encoded = [f.encode(d["train"], training=True) for f, d in zip(formulations, data)]
-    selection = [next(s for s in d if s != "train") for d in data]
-    learning_rate = config.learning_rate or get_method(method.method).default_learning_rate
-    two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and get_method(method.method).two_stage)
-    info = run_info(model, data_dir, split_protocol, split_seed, max_train_samples)
-    history: list[dict[str, Any]] = []
-    best = {"score": -math.inf}
-    started = time.perf_counter()
+    with claim_run_folder(out, overwrite=config.overwrite):  # one run at a time in the folder
+        set_seed(config.seed)
+        models, tokenizer = shared_models(specs, method, model, train_pooler=train_pooler, pooling=pooling)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        for task_model in models:
+            task_model.to(device)
+        config = fit_max_length(models[0], config, asked=train_config.max_length is not None, on_note=log)
+        formulations = [formulation_for(spec, m.config, tokenizer, config.max_length) for spec, m in zip(specs, models)]
+        data: list[DatasetDict] = []
+        for spec in specs:
+            limit = max_train_samples.get(spec.name) if isinstance(max_train_samples, dict) else max_train_samples
+            data.append(load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,  # type: ignore[arg-type]
+                                    max_train_samples=limit, seed=split_seed))  # as finetune: the data's seed
+        encoded = [f.encode(d["train"], training=True) for f, d in zip(formulations, data)]
+        selection = [next(s for s in d if s != "train") for d in data]
+        learning_rate = config.learning_rate or get_method(method.method).default_learning_rate
+        two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and get_method(method.method).two_stage)
+        info = run_info(model, data_dir, split_protocol, split_seed, max_train_samples)
+        history: list[dict[str, Any]] = []
+        best = {"score": -math.inf}
+        started = time.perf_counter()
 
-    def evaluate(splits: list[str] | None = None) -> list[dict[str, dict[str, float]]]:
-        results = []
-        for m, f, d, sel in zip(models, formulations, data, selection):
-            wanted = splits or [sel]
-            results.append(evaluate_model(m, f, DatasetDict({s: d[s] for s in wanted if s in d}),
-                                          config.eval_batch_size))
+        def evaluate(splits: list[str] | None = None) -> list[dict[str, dict[str, float]]]:
+            results = []
+            for m, f, d, sel in zip(models, formulations, data, selection):
+                wanted = splits or [sel]
+                results.append(evaluate_model(m, f, DatasetDict({s: d[s] for s in wanted if s in d}),
+                                              config.eval_batch_size))
+            return results
+
+        def run_stage(stage: str, epochs: float, lr: float, method_on: bool) -> None:
+            for m in models:
+                set_trainable(m, method=method_on, head=True)
+            params = list({id(p): p for m in models for p in m.parameters() if p.requires_grad}.values())
+            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+            loaders = [_train_loader(f, e, m, config.batch_size, config.seed)
+                       for f, e, m in zip(formulations, encoded, models)]
+            per_epoch = sum(len(loader) for loader in loaders)
+            total = max(1, round(epochs * per_epoch))
+            warmup = round(config.warmup_ratio * total) if config.warmup_ratio is not None \
+                else int(config.warmup_steps or 0)
+            scheduler = get_linear_schedule_with_warmup(optimizer, min(warmup, total), total)
+            mixer = random.Random(config.seed)
+            step = 0
+            for epoch in range(math.ceil(epochs)):
+                order = [i for i, loader in enumerate(loaders) for _ in range(len(loader))]
+                mixer.shuffle(order)  # examples-proportional mixing of the tasks' batches
+                iterators = [iter(loader) for loader in loaders]
+                for m in models:
+                    m.train()
+                for index in order:
+                    if step >= total:
+                        break
+                    batch = {k: v.to(device) for k, v in next(iterators[index]).items()}
+                    loss = models[index](**batch).loss
+                    if not torch.isfinite(loss):
+                        raise PeltError(f"training diverged at step {step + 1} ({stage} stage, learning rate "
+                                        f"{lr:g}): the loss of {specs[index].name} is {loss.item()}; lower the "
+                                        "learning rate and train again")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    step += 1
+                for m in models:
+                    m.eval()
+                scores = evaluate()
+                mains = {spec.name: s[sel][spec.main_metric] for spec, s, sel in zip(specs, scores, selection)}
+                mean = statistics.fmean(mains.values())
+                history.append({"stage": stage, "epoch": epoch + 1, "mean": mean, **mains})
+                scores_line = ", ".join(f"{k} {v:.4f}" for k, v in mains.items())
+                log(f"[{stage}] epoch {epoch + 1}: mean validation {mean:.4f} ({scores_line})")
+                if stage == "method" and mean > best["score"]:
+                    best.update(score=mean, epoch=epoch + 1)
+                    for spec, m, f in zip(specs, models, formulations):
+                        save_adapter(m, out / spec.name / "adapter",
+                                     metadata={**adapter_metadata(f, config.max_length, info),
+                                               "shared_with": [s.name for s in specs]})
+
+        if two_stage and config.head_epochs > 0:
+            run_stage("head", config.head_epochs, config.head_learning_rate, method_on=False)
+        run_stage("method", config.epochs, learning_rate, method_on=True)
+        train_seconds = time.perf_counter() - started
+        for spec, m in zip(specs, models):
+            load_trained_weights(m, out / spec.name / "adapter")
+        final = evaluate([s for s in ("validation", "test")])
+        report = parameter_report(models[0])
+        heads = {spec.name: parameter_report(m).groups["head"] for spec, m in zip(specs, models)}
+        results = {
+            "tasks": [s.name for s in specs], "method": method.method, "method_config": method.to_dict(),
+            "train_config": {**asdict(config), "learning_rate": learning_rate,
+                             "recipe": "two-stage" if two_stage else "joint"},
+            "split_protocol": split_protocol, "best_epoch": best.get("epoch"), "history": history,
+            "metrics": {spec.name: m for spec, m in zip(specs, final)},
+            "main_metrics": {spec.name: spec.main_metric for spec in specs},
+            "parameters": {"shared": report.method_total, "heads": heads, "base_params": report.base_params,
+                           "stored_shared": report.method_total + sum(heads.values()),
+                           "stored_per_task": len(specs) * report.method_total + sum(heads.values())},
+            "train_seconds": round(train_seconds, 2),
+        }
+        write_json(out / "results.json", results)
         return results
-
-    def run_stage(stage: str, epochs: float, lr: float, method_on: bool) -> None:
-        for m in models:
-            set_trainable(m, method=method_on, head=True)
-        params = list({id(p): p for m in models for p in m.parameters() if p.requires_grad}.values())
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-        loaders = [_train_loader(f, e, m, config.batch_size, config.seed)
-                   for f, e, m in zip(formulations, encoded, models)]
-        per_epoch = sum(len(loader) for loader in loaders)
-        total = max(1, round(epochs * per_epoch))
-        warmup = round(config.warmup_ratio * total) if config.warmup_ratio is not None else int(config.warmup_steps or 0)
-        scheduler = get_linear_schedule_with_warmup(optimizer, min(warmup, total), total)
-        mixer = random.Random(config.seed)
-        step = 0
-        for epoch in range(math.ceil(epochs)):
-            order = [i for i, loader in enumerate(loaders) for _ in range(len(loader))]
-            mixer.shuffle(order)  # examples-proportional mixing of the tasks' batches
-            iterators = [iter(loader) for loader in loaders]
-            for m in models:
-                m.train()
-            for index in order:
-                if step >= total:
-                    break
-                batch = {k: v.to(device) for k, v in next(iterators[index]).items()}
-                loss = models[index](**batch).loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-            for m in models:
-                m.eval()
-            scores = evaluate()
-            mains = {spec.name: s[sel][spec.main_metric] for spec, s, sel in zip(specs, scores, selection)}
-            mean = statistics.fmean(mains.values())
-            history.append({"stage": stage, "epoch": epoch + 1, "mean": mean, **mains})
-            log(f"[{stage}] epoch {epoch + 1}: mean validation {mean:.4f} ({', '.join(f'{k} {v:.4f}' for k, v in mains.items())})")
-            if stage == "method" and mean > best["score"]:
-                best.update(score=mean, epoch=epoch + 1)
-                for spec, m, f in zip(specs, models, formulations):
-                    save_adapter(m, out / spec.name / "adapter",
-                                 metadata={**adapter_metadata(f, config.max_length, info),
-                                           "shared_with": [s.name for s in specs]})
-
-    if two_stage and config.head_epochs > 0:
-        run_stage("head", config.head_epochs, config.head_learning_rate, method_on=False)
-    run_stage("method", config.epochs, learning_rate, method_on=True)
-    train_seconds = time.perf_counter() - started
-    for spec, m in zip(specs, models):
-        load_trained_weights(m, out / spec.name / "adapter")
-    final = evaluate([s for s in ("validation", "test")])
-    report = parameter_report(models[0])
-    heads = {spec.name: parameter_report(m).groups["head"] for spec, m in zip(specs, models)}
-    results = {
-        "tasks": [s.name for s in specs], "method": method.method, "method_config": method.to_dict(),
-        "train_config": {**asdict(config), "learning_rate": learning_rate,
-                         "recipe": "two-stage" if two_stage else "joint"},
-        "split_protocol": split_protocol, "best_epoch": best.get("epoch"), "history": history,
-        "metrics": {spec.name: m for spec, m in zip(specs, final)},
-        "main_metrics": {spec.name: spec.main_metric for spec in specs},
-        "parameters": {"shared": report.method_total, "heads": heads, "base_params": report.base_params,
-                       "stored_shared": report.method_total + sum(heads.values()),
-                       "stored_per_task": len(specs) * report.method_total + sum(heads.values())},
-        "train_seconds": round(train_seconds, 2),
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
 
 
 def _main_score(metrics: dict[str, dict[str, float]], main: str) -> str:
@@ -420,7 +444,7 @@ def analyze_shared(
                                 "train_seconds": r["train_seconds"]} for t, r in per_task.items()},
                "shared": {k: shared[k] for k in ("metrics", "best_epoch", "history", "train_seconds")},
                "train_config": shared["train_config"] | {"output_dir": None}}
-    (out / "shared.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "shared.json", summary)
     path = out / "shared.md"
     path.write_text("\n".join(lines))
     return path

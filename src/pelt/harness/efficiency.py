@@ -24,6 +24,7 @@ from typing import Any
 
 from pelt.errors import PeltError
 from pelt.harness.grid import parse_variant, variant_config, variant_label
+from pelt.harness.sweep import child_dies_with_parent
 
 __all__ = ["FROZEN", "StepMeasure", "efficiency_table", "measure_in_subprocess", "measure_step"]
 
@@ -109,7 +110,7 @@ def measure_in_subprocess(variant: str, model: str | None, batch_size: int, seq_
         cmd.append("--train-pooler")
     if pooling:
         cmd += ["--pooling", pooling]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=child_dies_with_parent())
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()] or [f"exit code {done.returncode}"]
         raise PeltError(f"measuring {variant} at batch {batch_size} failed: {lines[-1][:300]}")

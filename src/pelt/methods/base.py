@@ -8,6 +8,7 @@ and merging live once, in `pelt.core`, and work for every registered method.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pelt.arch import ArchSpec, LayerRef, is_layer_norm, iter_layers
+from pelt.arch import ArchSpec, LayerRef, is_layer_norm, iter_layers, position_limit
 from pelt.errors import PeltError
 from pelt.methods.ops import NormParams, SiteOp
 
@@ -28,7 +29,22 @@ class MethodConfig:
     method: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        """Every option of the type its field declares (floats finite), so that a config read from JSON or
+        built in a notebook fails here, in one line, and not deep inside a model."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            hint = typing.get_type_hints(type(self))[f.name]
+            if value is None and type(None) in typing.get_args(hint):
+                continue
+            checked = _typed_value(option_type(type(self), f.name), value)
+            if checked is _WRONG:
+                raise PeltError(f"{f.name} must be {_describe_type(option_type(type(self), f.name))} (an option of "
+                                f"method '{self.method}'), got {value!r}")
+            setattr(self, f.name, checked)
 
     def validate(self) -> None:
         """Raise PeltError for impossible values; called at construction so errors surface before any work."""
@@ -54,6 +70,42 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs})
     return field(default=default, metadata={"help": help, **kwargs})
+
+
+_WRONG = object()  # _typed_value's answer for a value of the wrong type
+
+
+def _typed_value(kind: Any, value: Any) -> Any:
+    """`value` as an option of type `kind` (an int where a float is asked becomes a float, a tuple where a list
+    is asked a list), or _WRONG."""
+    if kind is bool:
+        return value if isinstance(value, bool) else _WRONG
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else _WRONG
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return _WRONG
+        return float(value)
+    if kind is str:
+        return value if isinstance(value, str) else _WRONG
+    if typing.get_origin(kind) is typing.Literal:
+        return value if isinstance(value, str) and value in typing.get_args(kind) else _WRONG
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, (list, tuple)):
+            return _WRONG
+        (item,) = typing.get_args(kind) or (Any,)
+        items = [_typed_value(item, v) for v in value]
+        return _WRONG if any(v is _WRONG for v in items) else items
+    return value
+
+
+def _describe_type(kind: Any) -> str:
+    if typing.get_origin(kind) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(kind)))
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind) or (Any,)
+        return f"a list of {_describe_type(item).removeprefix('an ').removeprefix('a ')}s"
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(kind, str(kind))
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -140,7 +192,12 @@ class Method:
         raise NotImplementedError
 
     def check_input_length(self, model: nn.Module, max_length: int) -> None:
-        """Refuse, before any work, inputs of `max_length` tokens that the adapted model could not take."""
+        """Refuse, before any work, inputs of `max_length` tokens that the adapted model could not take (the
+        first batch that long would fail inside the model)."""
+        limit = position_limit(model)
+        if limit is not None and max_length > limit:
+            raise PeltError(f"max length {max_length} exceeds this model's {limit} positions; use --max-length "
+                            f"{limit} or less")
 
     # Why a task of this method cannot share a backbone with other tasks (None: it can, see mixed_batch_ops).
     sharing_refusal: ClassVar[str | None] = None

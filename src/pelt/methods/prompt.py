@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pelt.arch import ArchSpec, base_model_path, join
+from pelt.arch import ArchSpec, base_model_path, join, position_limit
 from pelt.errors import PeltError
 from pelt.methods.base import Injection, Method, MethodConfig, modules_of_type, option, register_method
 from pelt.methods.ops import Prompt, SiteOp
@@ -133,15 +133,6 @@ class PromptEmbedding(nn.Module):
         return (), kwargs
 
 
-def _position_limit(entry: nn.Module) -> int | None:
-    """How many tokens an absolute-position model can take (None: relative positions, no limit)."""
-    table = getattr(getattr(entry, "embeddings", None), "position_embeddings", None)
-    if not isinstance(table, nn.Embedding):
-        return None
-    offset = table.padding_idx + 1 if table.padding_idx is not None else 0  # RoBERTa counts from padding_idx + 1
-    return table.num_embeddings - offset
-
-
 def _vocab_init(config: PromptTuningConfig, embeddings: nn.Embedding, model_config: Any) -> torch.Tensor:
     vocab = embeddings.num_embeddings
     if config.init_token_ids is not None:
@@ -190,7 +181,7 @@ class PromptTuning(Method):
         else:
             init = torch.empty(config.num_tokens, weight.shape[1], device=weight.device, dtype=weight.dtype)
             init.uniform_(-config.init_range, config.init_range)
-        limit = _position_limit(entry)
+        limit = position_limit(entry)
         if limit is not None and config.num_tokens >= limit:
             raise PeltError(
                 f"{config.num_tokens} prompt tokens leave no room for input in this model's {limit} positions; "
@@ -208,6 +199,7 @@ class PromptTuning(Method):
                 for path, prompt in modules_of_type(model, PromptEmbedding)]
 
     def check_input_length(self, model: nn.Module, max_length: int) -> None:
+        super().check_input_length(model, max_length)
         for _, prompt in modules_of_type(model, PromptEmbedding):
             limit, p = prompt.max_positions, prompt.num_tokens
             if limit is not None and max_length + p > limit:

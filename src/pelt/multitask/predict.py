@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pelt.errors import PeltError
+from pelt.files import write_text_atomically
 from pelt.tasks import TaskSpec
 from pelt.tasks.formats import (
     copa_choices,
@@ -317,23 +317,7 @@ def write_jsonl(path: str | None, answers: list[dict[str, Any]]) -> None:
         except BrokenPipeError:  # the reader stopped early (`| head`): nothing more to say
             sys.stdout = open(os.devnull, "w")
         return
-    target = Path(path)
-    handle, staged = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(lines)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(staged, 0o666 & ~_umask())
-        os.replace(staged, target)
+        write_text_atomically(path, lines)
     except OSError as e:
-        raise PeltError(f"cannot write {target}: {e.strerror or e}; nothing was written") from None
-    finally:
-        Path(staged).unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
+        raise PeltError(f"cannot write {path}: {e.strerror or e}; nothing was written") from None

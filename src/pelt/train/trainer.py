@@ -9,12 +9,11 @@ output is scored is the formulation's business (`pelt.train.formulations`).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+import typing
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,16 +24,16 @@ from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from pelt import __version__
-from pelt.core import load_trained_weights, parameter_report, save_adapter, set_trainable
+from pelt.core import load_trained_weights, non_finite_tensors, parameter_report, save_adapter, set_trainable
 from pelt.errors import PeltError
+from pelt.files import write_json
 from pelt.methods import get_method
 from pelt.tasks import TaskSpec, protocol_defaults
 from pelt.train.formulations import Formulation
 from pelt.train.memory import PeakMemory
+from pelt.train.run_folder import ADAPTER_DIR, LAST_DIR, RESULTS_FILE, claim_run_folder
 
-ADAPTER_DIR = "adapter"  # the best checkpoint by validation metric
-LAST_DIR = "last"  # the most recent checkpoint
-RESULTS_FILE = "results.json"
+__all__ = ["ADAPTER_DIR", "LAST_DIR", "RESULTS_FILE", "TrainConfig", "evaluate_model", "train_model"]
 
 
 @dataclass
@@ -63,6 +62,12 @@ class TrainConfig:
     overwrite: bool = False  # replace a run already in output_dir (its results and checkpoints)
 
     def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PeltError(f"{f.name} must be a finite number, got {value}")
+        if not self.output_dir or not str(self.output_dir).strip():
+            raise PeltError("the output folder (--output-dir) is empty; give the folder the run writes into")
         positive = {"eval_batch_size": self.eval_batch_size, "head_learning_rate": self.head_learning_rate}
         for name in ("epochs", "batch_size", "max_length", "learning_rate"):
             if getattr(self, name) is not None:
@@ -77,11 +82,8 @@ class TrainConfig:
                             f"got {self.max_eval_samples}")
         if self.seed < 0:
             raise PeltError(f"seed must be at least 0, got {self.seed}")
-        output = Path(self.output_dir)
-        earlier = [name for name in (RESULTS_FILE, ADAPTER_DIR, LAST_DIR) if (output / name).exists()]
-        if earlier and not self.overwrite:
-            raise PeltError(f"{output} already holds a run ({', '.join(earlier)}); pass another output folder, or "
-                            "--overwrite (overwrite=True) to replace it")
+        if self.weight_decay < 0:
+            raise PeltError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.head_epochs < 0:
             raise PeltError(f"head_epochs must be >= 0, got {self.head_epochs}")
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
@@ -106,7 +108,11 @@ class TrainConfig:
 
 
 class _CheckpointCallback(TrainerCallback):
-    """After each evaluation: save the last checkpoint, and the best one by the task's main metric."""
+    """After each evaluation: save the last checkpoint, and the best one by the task's main metric.
+
+    An evaluation whose metric is not a number (a correlation of constant predictions) ranks below every other,
+    but still gives a best checkpoint when no evaluation does better.
+    """
 
     def __init__(self, model: nn.Module, output_dir: Path, metric_key: str, metadata: dict[str, Any]) -> None:
         self.model, self.output_dir, self.metric_key, self.metadata = model, output_dir, metric_key, metadata
@@ -131,10 +137,35 @@ class _CheckpointCallback(TrainerCallback):
         main = state.is_world_process_zero  # under DDP every rank holds the same weights: one writes them
         if main:
             save_adapter(self.model, self.output_dir / LAST_DIR, metadata=meta)
-        if value > self.best:
-            self.best, self.best_epoch = value, record
+        score = value if math.isfinite(value) else -math.inf
+        if self.best_epoch is None or score > self.best:
+            self.best, self.best_epoch = score, record
             if main:
                 save_adapter(self.model, self.output_dir / ADAPTER_DIR, metadata=meta)
+
+
+class _DivergenceGuard(TrainerCallback):
+    """Stop a run the moment its loss or trained weights stop being numbers (a learning rate far too high, a
+    NaN option), naming the step, before an evaluation could save those weights as a checkpoint."""
+
+    def __init__(self, model: nn.Module, names: list[str], learning_rate: dict[str, float]) -> None:
+        self.model, self.names, self.learning_rate = model, names, learning_rate
+        self.stage = ""
+
+    def _stop(self, step: int, what: str) -> typing.NoReturn:
+        lr = self.learning_rate.get(self.stage)
+        raise PeltError(f"training diverged at step {step} ({self.stage} stage{f', learning rate {lr:g}' if lr else ''}): "
+                        f"{what}; lower the learning rate (--lr, --head-lr) and train again")
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        bad = non_finite_tensors({n: self.model.get_parameter(n) for n in self.names})
+        if bad:
+            self._stop(state.global_step, f"{len(bad)} trained tensors hold NaN or infinite values ({bad[0]}, ...)")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            self._stop(state.global_step, f"the training loss is {loss}")
 
 
 def _training_arguments(config: TrainConfig, formulation: Formulation, epochs: float, learning_rate: float,
@@ -157,6 +188,7 @@ def _training_arguments(config: TrainConfig, formulation: Formulation, epochs: f
         train_sampling_strategy="group_by_length",
         seed=config.seed,
         report_to=[],
+        logging_nan_inf_filter=False,  # a NaN loss is reported (and stops the run), not averaged away
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
@@ -194,33 +226,36 @@ def train_model(
     run_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train an adapted model, keep the best checkpoint by the first evaluation split, evaluate it on every
-    evaluation split, write results.json."""
+    evaluation split, write results.json. The output folder is held for the run (`claim_run_folder`)."""
+    config = config.for_task(formulation.task)
+    if "train" not in data:
+        raise PeltError(f"no training split for {formulation.task.name}; the data folder needs a train file")
+    if not _eval_splits(data):
+        raise PeltError(f"no validation split for {formulation.task.name}; the data folder needs its dev file")
+    with claim_run_folder(config.output_dir, overwrite=config.overwrite) as output_dir:
+        return _train_in(output_dir, model, formulation, data, config, run_info)
+
+
+def _train_in(output_dir: Path, model: nn.Module, formulation: Formulation, data: DatasetDict, config: TrainConfig,
+              run_info: dict[str, Any] | None) -> dict[str, Any]:
     task = formulation.task
-    config = config.for_task(task)
     state = model.pelt_state
     method = get_method(state.config.method)
     two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and method.two_stage)
     learning_rate = config.learning_rate or method.default_learning_rate
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if "train" not in data:
-        raise PeltError(f"no training split for {task.name}; the data folder needs a train file")
     eval_splits = _eval_splits(data)
-    if not eval_splits:
-        raise PeltError(f"no validation split for {task.name}; the data folder needs its dev file")
-    # (with overwrite) an earlier run's results never stay beside this run's checkpoints
-    (output_dir / RESULTS_FILE).unlink(missing_ok=True)
 
     raw, encoded = _encode_all(formulation, data, config.max_eval_samples)
     selection = eval_splits[0]
     metric_key = f"eval_{task.main_metric}"
     metadata = adapter_metadata(formulation, config.max_length, run_info)
     callback = _CheckpointCallback(model, output_dir, metric_key, metadata)
+    guard = _DivergenceGuard(model, state.trainable, {"head": config.head_learning_rate, "method": learning_rate})
     collator = formulation.collator(model)
     extra = formulation.arguments(encoded)
 
     def run_stage(stage: str, epochs: float, lr: float) -> Trainer:
-        callback.stage = stage
+        callback.stage = guard.stage = stage
         trainer = formulation.trainer_class(
             model=model,
             args=_training_arguments(config, formulation, epochs, lr, extra),
@@ -228,7 +263,7 @@ def train_model(
             train_dataset=encoded["train"],
             eval_dataset=encoded[selection],
             compute_metrics=formulation.metrics_fn(encoded[selection], raw[selection]),
-            callbacks=[callback],
+            callbacks=[guard, callback],  # the guard first: diverged weights are never saved
         )
         trainer.train()
         return trainer
@@ -276,9 +311,7 @@ def train_model(
         **(run_info or {}),
     }
     if trainer.is_world_process_zero():  # whole or not at all: a sweep reads it as the run's record
-        staged = output_dir / f".{RESULTS_FILE}.tmp"
-        staged.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(staged, output_dir / RESULTS_FILE)
+        write_json(output_dir / RESULTS_FILE, results)
     return results
 
 
