@@ -3,6 +3,7 @@ and module ablations, shared adapters. Tiny models and data from conftest.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -730,3 +731,23 @@ def test_a_diverging_shared_adapter_stops_at_the_step(tiny_reference, tmp_path):
         analysis.train_shared_adapter(["sst2", "cola"], pelt.HadamardConfig(), config, model=str(tiny_reference["model"]),
                                       data_dir=tiny_reference["data"], split_protocol="standard", log=lambda line: None)
     assert not list((tmp_path / "shared").glob("*/adapter"))  # nothing diverged was saved
+
+
+def test_a_failed_shared_run_with_overwrite_puts_every_task_adapter_back(tiny_reference, tmp_path, monkeypatch):
+    out = tmp_path / "shared"
+    options = dict(model=str(tiny_reference["model"]), data_dir=tiny_reference["data"], split_protocol="standard",
+                   log=lambda line: None)
+    config = pelt.train.TrainConfig(output_dir=str(out), epochs=1, batch_size=8, learning_rate=5e-2, warmup_steps=0,
+                                    head_epochs=0)
+    analysis.train_shared_adapter(["sst2", "cola"], pelt.HadamardConfig(), config, **options)
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(PeltError, match="already holds a run"):
+        analysis.train_shared_adapter(["sst2", "cola"], pelt.HadamardConfig(), config, **options)
+    def full_disk(path, value):  # the new run's task adapters are saved; its results are not
+        raise OSError(28, "No space left on device", str(path))
+    monkeypatch.setattr("pelt.analysis.shared.write_json", full_disk)
+    again = dataclasses.replace(config, overwrite=True, seed=7)
+    with pytest.raises(OSError, match="No space left"):
+        analysis.train_shared_adapter(["sst2", "cola"], pelt.HadamardConfig(), again, **options)
+    after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before

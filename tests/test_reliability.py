@@ -482,12 +482,18 @@ def test_messages_name_the_real_cause(capsys, tiny_model_dir, tiny_glue, tmp_pat
     assert "omit --model" not in line
 
 
+def _ignore_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell without job control starts a job with `&`
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-def test_a_killed_sweep_takes_its_training_with_it(tiny_model_dir, tiny_glue, tmp_path):
+@pytest.mark.parametrize("started", ["foreground", "background"])
+def test_a_killed_sweep_takes_its_training_with_it(tiny_model_dir, tiny_glue, tmp_path, started):
     grid = tmp_path / "grid"
+    popen = {"preexec_fn": _ignore_interrupts} if started == "background" else {}
     sweep = pelt_process("sweep", "--grid-dir", grid, "--methods", "hadamard", "--tasks", "sst2", "--model",
                          tiny_model_dir, "--data-dir", tiny_glue, "--split-protocol", "standard",
-                         "--train-args", "--epochs 5000 --batch-size 2 --max-length 32")  # minutes, unless stopped
+                         "--train-args", "--epochs 5000 --batch-size 2 --max-length 32", **popen)  # minutes
     try:
         child = None
         deadline = time.time() + 120
@@ -513,3 +519,138 @@ def test_a_killed_sweep_takes_its_training_with_it(tiny_model_dir, tiny_glue, tm
         sweep.kill()
         if child is not None and Path(f"/proc/{child}").exists():
             os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "ref*inf", "ref/nan", "ref*0"])
+def test_a_sweep_refuses_non_finite_learning_rates_before_any_run(capsys, tmp_path, text):
+    assert_bad_input(capsys, ["sweep", "--grid-dir", tmp_path / "grid", "--methods", "hadamard", "--tasks", "rte",
+                              "--lrs", text], "learning rate")
+    assert not (tmp_path / "grid").exists()
+
+
+# ---- what a review found: every rank, every kill, every folder ---------------------------------------------------
+
+
+@pytest.mark.parametrize("env", [{"RANK": "1"}, {"RANK": "abc"}, {"RANK": "1", "WORLD_SIZE": "2"}])
+def test_a_rank_variable_never_skips_the_earlier_run_check(capsys, monkeypatch, tiny_model_dir, tiny_glue, tmp_path,
+                                                            env):
+    out = tmp_path / "out"
+    before = trained_run(capsys, tiny_model_dir, tiny_glue, out)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert_bad_input(capsys, train_args(tiny_model_dir, tiny_glue, out), f"{out} already holds a run")
+    assert (out / "results.json").read_bytes() == before
+
+
+def _run_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("moment", ["moving-aside", "restoring", "saving-last", "swapping-adapter"])
+def test_a_kill_at_any_moment_of_a_replacement_leaves_the_earlier_run_whole(capsys, tiny_model_dir, tiny_glue,
+                                                                             tmp_path, moment):
+    """The states a `kill -9` can leave, built by hand; the next run into the folder puts the earlier run back."""
+    out = tmp_path / "out"
+    trained_run(capsys, tiny_model_dir, tiny_glue, out)
+    before = _run_files(out)
+    if moment == "moving-aside":  # results.json moved, the checkpoints not yet
+        (out / ".pelt-replacing-run").mkdir()
+        os.replace(out / "results.json", out / ".pelt-replacing-run" / "results.json")
+    elif moment == "restoring":  # the unfinished run removed, results.json and last back, adapter not yet
+        (out / ".pelt-restoring-run").mkdir()
+        os.replace(out / "adapter", out / ".pelt-restoring-run" / "adapter")
+    elif moment == "saving-last":  # a checkpoint being written
+        (out / ".last.k1ll3d").mkdir()
+        (out / ".last.k1ll3d" / "adapter_model.safetensors").write_bytes(b"\x00" * 8)
+    else:  # a checkpoint swap cut between its two renames
+        os.replace(out / "adapter", out / ".adapter.old")
+    assert_bad_input(capsys, train_args(tiny_model_dir, tiny_glue, out), f"{out} already holds a run")
+    assert _run_files(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "last", "results.json"]
+
+
+def test_a_sweep_checks_train_arg_values_before_any_run(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    assert_bad_input(capsys, ["sweep", "--grid-dir", tmp_path / "grid", "--methods", "hadamard", "lora", "--tasks",
+                              "sst2", "--model", tiny_model_dir, "--data-dir", tiny_glue,
+                              "--train-args=--weight-decay=-1"],
+                     "--train-args for method hadamard: weight_decay must be >= 0, got -1.0")
+    assert_bad_input(capsys, ["sweep", "--grid-dir", tmp_path / "grid", "--methods", "lora", "--tasks", "sst2",
+                              "--train-args=--alpha nan"], "--train-args for method lora: alpha must be a finite")
+    assert not (tmp_path / "grid" / "runs").exists()
+
+
+def test_a_config_with_fewer_layers_than_its_weights_is_refused(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    config_file = tiny_model_dir / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "num_hidden_layers": 2}))
+    assert_bad_input(capsys, train_args(tiny_model_dir, tiny_glue, tmp_path / "out"),
+                     "hold 3 layers of encoder.layer, its config.json builds 2")
+
+
+def test_a_tokenizer_larger_than_the_embeddings_is_refused(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    from conftest import tiny_config
+
+    folder = tmp_path / "small-vocab"
+    config = tiny_config("bert")
+    config.vocab_size = 60
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        if (tiny_model_dir / name).exists():
+            (folder / name).write_bytes((tiny_model_dir / name).read_bytes())
+    assert_bad_input(capsys, train_args(folder, tiny_glue, tmp_path / "out"),
+                     f"the tokenizer in {folder} has 100 tokens but the model embeds only 60")
+
+
+def test_an_empty_vocabulary_is_refused(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    (tiny_model_dir / "tokenizer.json").unlink()
+    (tiny_model_dir / "vocab.txt").write_text("")
+    assert_bad_input(capsys, train_args(tiny_model_dir, tiny_glue, tmp_path / "out"),
+                     "knows no tokens besides its special ones")
+
+
+def test_a_model_folder_without_weights_says_so(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    (tiny_model_dir / "model.safetensors").unlink()
+    assert_bad_input(capsys, train_args(tiny_model_dir, tiny_glue, tmp_path / "out"),
+                     f"{tiny_model_dir} has a config.json but no weights (model.safetensors)")
+
+
+@pytest.mark.parametrize(("key", "value", "fact"), [
+    ("max_length", "abc", "max_length is 'abc', not a number of tokens"),
+    ("max_length", None, "max_length is None, not a number of tokens"),
+    ("label_names", "negative", "label_names is 'negative', not a list of label names"),
+    ("weights_sha256", None, "weights_sha256 is None, not a SHA-256 in hex"),
+    ("pooling", "max", "pooling is 'max', not null or one of cls, mean"),
+])
+def test_recorded_adapter_values_are_type_checked(capsys, tiny_model_dir, tiny_glue, tmp_path, key, value, fact):
+    adapter = _saved_adapter(tiny_model_dir, tmp_path / "adapter", "sst2", ["negative", "positive"])
+    config_file = adapter / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), key: value}))
+    assert_bad_input(capsys, ["eval", "--adapter", adapter, "--data-dir", tiny_glue], fact, "damaged")
+    (tmp_path / "in.jsonl").write_text('{"sentence": "w5 w6"}\n')
+    assert_bad_input(capsys, ["predict", "--adapter", adapter, "--input", tmp_path / "in.jsonl"], fact)
+
+
+def test_predict_cuts_inputs_to_the_backbone_s_positions(capsys, tiny_model_dir, tmp_path):
+    adapter = _saved_adapter(tiny_model_dir, tmp_path / "adapter", "sst2", ["negative", "positive"])
+    config_file = adapter / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "max_length": 1000}))
+    (tmp_path / "in.jsonl").write_text(json.dumps({"sentence": " ".join(f"w{5 + i % 90}" for i in range(200))}) + "\n")
+    rc, out, err = run(capsys, "predict", "--adapter", adapter, "--input", tmp_path / "in.jsonl")
+    assert rc == 0, err
+    assert json.loads(out)["label"] in ("negative", "positive")
+
+
+def test_a_prompt_s_tokens_are_left_room_when_the_default_length_is_cut(capsys, tiny_model_dir, tiny_glue, tmp_path):
+    argv = train_args(tiny_model_dir, tiny_glue, tmp_path / "out", "--method", "prompt-tuning", "--num-tokens", 40)
+    del argv[argv.index("--max-length"):argv.index("--max-length") + 2]
+    rc, out, err = run(capsys, *argv)
+    assert rc == 0, err
+    assert "pelt: max length 24: the task's default of 128 tokens exceeds this model's 64 positions less the 40 " \
+           "the method adds" in out
+
+
+def test_predict_output_under_a_file_names_the_file(capsys, tiny_model_dir, tmp_path):
+    adapter = _saved_adapter(tiny_model_dir, tmp_path / "adapter", "sst2", ["negative", "positive"])
+    (tmp_path / "in.jsonl").write_text('{"sentence": "w5 w6"}\n')
+    (tmp_path / "afile").write_text("")
+    assert_bad_input(capsys, ["predict", "--adapter", adapter, "--input", tmp_path / "in.jsonl", "--output",
+                              tmp_path / "afile" / "x.jsonl"], f"{tmp_path / 'afile'} is a file")

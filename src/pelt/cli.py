@@ -363,11 +363,14 @@ def _train(args: argparse.Namespace) -> None:
         print(f"epochs {resolved.epochs:g}, batch {resolved.batch_size}, max length {resolved.max_length}, "
               f"warm-up {warmup}, split protocol {args.split_protocol}\n", flush=True)
 
+    from pelt.harness.sweep import sigterm_as_interrupt
+
     try:
-        results = finetune(args.task, method, config, model=args.model, data_dir=args.data_dir,
-                           max_train_samples=args.max_train_samples, train_pooler=args.train_pooler,
-                           pooling=args.pooling, split_protocol=args.split_protocol, split_seed=args.split_seed,
-                           on_start=show, on_note=lambda line: print(f"pelt: {line}", flush=True))
+        with sigterm_as_interrupt():  # `timeout`, a scheduler: stop as on Ctrl-C, and put an earlier run back
+            results = finetune(args.task, method, config, model=args.model, data_dir=args.data_dir,
+                               max_train_samples=args.max_train_samples, train_pooler=args.train_pooler,
+                               pooling=args.pooling, split_protocol=args.split_protocol, split_seed=args.split_seed,
+                               on_start=show, on_note=lambda line: print(f"pelt: {line}", flush=True))
     except KeyboardInterrupt:
         if args.overwrite and (Path(args.output_dir) / "results.json").is_file():
             where = (f"{args.output_dir} holds the run it held before (--overwrite replaces it only once the new "
@@ -439,7 +442,8 @@ def _predict(args: argparse.Namespace) -> None:
         if target.is_dir():
             raise PeltError(f"--output {args.output} is a folder; give a file name")
         if not target.parent.is_dir():
-            raise PeltError(f"--output {args.output}: folder {target.parent} does not exist")
+            what = "is a file" if target.parent.exists() else "does not exist"
+            raise PeltError(f"--output {args.output}: {target.parent} {what}; give a file in an existing folder")
         if target.exists() and args.input != "-" and target.resolve() == Path(args.input).resolve():
             raise PeltError("--output is the --input file; write the answers to another file")
         if target.exists() and not args.overwrite:
@@ -555,8 +559,10 @@ def _checked_train_args(text: str, methods: set[str], task: str) -> list[str]:
     extra = _split_train_args(text)
     for method in sorted(methods):
         try:
-            _build_parser(method, _RaisingParser).parse_args(
+            parsed = _build_parser(method, _RaisingParser).parse_args(
                 ["train", "--task", task, "--output-dir", "run", "--method", method, *extra])
+            _method_config(parsed, method)  # values as each run will check them: --alpha nan, --weight-decay -1
+            _train_config(parsed).validate()
         except PeltError as e:
             raise PeltError(f"--train-args for method {method}: {e}") from None
     return extra
@@ -783,7 +789,8 @@ def _end_progress_bars() -> None:
     """Close the progress bars an error cut short, so that the error starts a line of its own (a bar ends with a
     carriage return, not a newline) and no bar is redrawn after it."""
     bar_class = getattr(sys.modules.get("tqdm.std"), "tqdm", None)
-    for bar in list(getattr(bar_class, "_instances", ())):
+    bars = list(getattr(bar_class, "_instances", ()))
+    for bar in sorted(bars, key=lambda b: -abs(getattr(b, "pos", 0))):  # nested bars first: each clears its line
         try:
             bar.close()
         except Exception:  # noqa: BLE001 (a bar that cannot close must not hide the error)

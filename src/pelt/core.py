@@ -457,7 +457,31 @@ def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
     config.setdefault("method", config["method_config"].get("method"))
     if not isinstance(config["method"], str):
         raise PeltError(f"{file} names no method; the adapter is damaged")
+    for key, (accepts, what) in _RECORDED.items():
+        if key in config and not accepts(config[key]):
+            raise PeltError(f"{file}: {key} is {config[key]!r}, not {what}; the adapter config is damaged")
     return config
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# What an adapter config records besides its method, as pelt wrote it: checked on load, so a hand-edited or
+# damaged value is one line, not an error deep inside evaluation or serving.
+_RECORDED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "task": (lambda v: isinstance(v, str), "a task name"),
+    "label_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of label names"),
+    "max_length": (lambda v: _is_int(v) and v >= 1, "a number of tokens"),
+    "train_pooler": (lambda v: isinstance(v, bool), "true or false"),
+    "pooling": (lambda v: v is None or v in POOLINGS, f"null or one of {', '.join(POOLINGS)}"),
+    CHECKSUM_KEY: (lambda v: isinstance(v, str) and len(v) == 64, "a SHA-256 in hex"),
+    "split_seed": (_is_int, "an integer"),
+    "split_protocol": (lambda v: v in ("standard", "compacter"), "standard or compacter"),
+    "target_style": (lambda v: v in ("names", "ids"), "names or ids"),
+    "task_prefix": (lambda v: isinstance(v, bool), "true or false"),
+    "model": (lambda v: v is None or isinstance(v, str), "a model name or folder"),
+}
 
 
 def _saved_by_newer(config: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,7 +26,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from pelt.arch import get_arch, head_module_names, pooler_path
+from pelt.arch import base_model_path, get_arch, head_module_names, iter_layers, pooler_path
 from pelt.errors import PeltError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -113,15 +114,37 @@ def load_config(name: str | os.PathLike | None, **overrides: Any) -> PretrainedC
         raise PeltError(_not_found(resolved, e)) from None
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def _not_found(name: str, error: Exception) -> str:
-    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+    folder = Path(name)
+    if folder.is_dir() and not (folder / "config.json").is_file():
         return f"{name} has no config.json; pass the folder a transformers model was saved into (save_pretrained)"
+    if folder.is_dir() and not any((folder / f).is_file() for f in WEIGHT_FILES):
+        return f"{name} has a config.json but no weights ({WEIGHT_FILES[0]}); copy the checkpoint's weights there"
     if Path(name).exists():
         return f"cannot read a model configuration from {name}: {str(error).splitlines()[0]}"
     return (
         f"model '{name}' is neither a local folder nor reachable on the hub; give a folder with config.json "
         f"(known offline sizes: {', '.join(KNOWN_CONFIGS)}), or no model for the bundled {DEFAULT_MODEL}"
     )
+
+
+def _layers_beyond_config(model: nn.Module, unexpected: Any) -> tuple[str, int, int] | None:
+    """(stack, layers saved, layers built) when the checkpoint holds layers the config does not build. Other
+    unexpected tensors (a pretraining head such as BERT's `cls.*`, another task's classifier) are expected."""
+    prefix = base_model_path(model)
+    counts: dict[str, int] = {}
+    for layer in iter_layers(model):
+        counts[layer.path.rpartition(".")[0]] = layer.num_layers
+    for list_path, built in counts.items():
+        short = list_path[len(prefix) + 1:] if prefix and list_path.startswith(prefix + ".") else list_path
+        pattern = re.compile(rf"^(?:{re.escape(list_path)}|{re.escape(short)})\.(\d+)\.")
+        indices = [int(m.group(1)) for key in unexpected if (m := pattern.match(key))]
+        if indices and max(indices) >= built:
+            return short, max(indices) + 1, built
+    return None
 
 
 # Files a tokenizer is built from, one of which every checkpoint folder needs (without them transformers builds
@@ -154,8 +177,13 @@ def check_loaded_weights(resolved: str, model: nn.Module, info: dict[str, Any]) 
     if mismatched:
         key, saved, expected = mismatched[0]
         raise PeltError(f"the weights in {resolved} do not fit its config.json: {key} is saved as {saved}, the config "
-                        f"makes it {expected} ({len(mismatched)} tensors differ); fix config.json or use the folder "
+                        f"makes it {expected} ({len(mismatched)} tensor{'s' if len(mismatched) > 1 else ''} in all); fix config.json or use the folder "
                         "the weights came from")
+    extra = _layers_beyond_config(model, info.get("unexpected_keys", ()))
+    if extra:
+        stack, saved, built = extra
+        raise PeltError(f"the weights in {resolved} hold {saved} layers of {stack}, its config.json builds {built}; "
+                        "fix the layer count in config.json (the extra layers would be dropped without a word)")
     if missing:
         raise PeltError(f"the weights in {resolved} lack {missing[0]}" + (f" and {len(missing) - 1} more tensors"
                         if len(missing) > 1 else "") + "; the checkpoint is incomplete or of another architecture")
@@ -239,4 +267,19 @@ def _quietly_load(resolved: str, load: Any) -> tuple[nn.Module, PreTrainedTokeni
         if bars:
             hf_logging.enable_progress_bar()
     check_loaded_weights(resolved, model, info)
+    check_tokenizer_fits(resolved, model, tokenizer)
     return model.eval(), tokenizer
+
+
+def check_tokenizer_fits(resolved: str, model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+    """A tokenizer that knows no word would turn every input into [UNK]; one with more tokens than the model's
+    embeddings would fail at the first rare word, mid-training."""
+    words = len(tokenizer) - len(set(tokenizer.all_special_ids))
+    if words < 1:
+        raise PeltError(f"the tokenizer in {resolved} knows no tokens besides its special ones (an empty vocabulary "
+                        "file?); save the checkpoint's tokenizer there again")
+    embeddings = model.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise PeltError(f"the tokenizer in {resolved} has {len(tokenizer):,} tokens but the model embeds only "
+                        f"{rows:,}; the tokenizer belongs to another checkpoint (or config.json's vocab_size is wrong)")

@@ -84,9 +84,10 @@ def check_task_fits(adapter: str | os.PathLike, config: dict[str, Any], spec: Ta
     same = recorded == tuple(spec.label_names or ()) and (trained_spec is None or trained_spec.kind == spec.kind)
     if not same:
         what = _describe_labels(trained_spec) if trained_spec else ("labels " + ", ".join(recorded) if recorded
-                                                                  else "another task")
+                                                                  else "a task pelt does not know")
+        cure = f"evaluate it on {trained}, or train" if trained_spec else "train"
         raise PeltError(f"adapter {adapter} was trained on {trained} ({what}), but {spec.name} asks for "
-                        f"{_describe_labels(spec)}; evaluate it on {trained}, or train an adapter for {spec.name}")
+                        f"{_describe_labels(spec)}; {cure} an adapter for {spec.name}")
     warnings.warn(f"adapter {adapter} was trained on {trained}; {spec.name} has the same labels, so it is scored "
                   "as it is", PeltWarning, stacklevel=3)
 
@@ -140,17 +141,25 @@ def finetune(
         return train_model(base, formulation, data, train_config, run_info=info)
 
 
+MIN_CUT_LENGTH = 16  # a default cut to fewer tokens would leave room for little more than the special tokens
+
+
 def fit_max_length(model: nn.Module, config: TrainConfig, *, asked: bool, on_note: Any = None) -> TrainConfig:
     """The config with a max length the adapted model can take: a protocol default longer than the model's
     positions is cut to them (with a note); a length the user asked for is refused, before anything is written
-    (the first batch that long would fail inside the model)."""
-    limit = position_limit(model)
-    if not asked and limit is not None and config.max_length is not None and config.max_length > limit:
+    (the first batch that long would fail inside the model), as is a cut that would leave fewer than
+    MIN_CUT_LENGTH tokens (a prompt taking nearly all positions)."""
+    method = get_method(model.pelt_state.config.method)
+    positions = position_limit(model)
+    room = None if positions is None else positions - method.extra_positions(model.pelt_state.config)
+    if not asked and room is not None and room >= MIN_CUT_LENGTH and config.max_length is not None \
+            and config.max_length > room:
+        extra = "" if room == positions else f" less the {positions - room} the method adds"
         if on_note:
-            on_note(f"max length {limit}: the task's default of {config.max_length} tokens exceeds this model's "
-                    f"{limit} positions")
-        config = replace(config, max_length=limit)
-    get_method(model.pelt_state.config.method).check_input_length(model, config.max_length)
+            on_note(f"max length {room}: the task's default of {config.max_length} tokens exceeds this model's "
+                    f"{positions} positions{extra}")
+        config = replace(config, max_length=room)
+    method.check_input_length(model, config.max_length)
     return config
 
 

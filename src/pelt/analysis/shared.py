@@ -53,7 +53,7 @@ from pelt.models import checkpoint_name
 from pelt.pipeline import adapter_base_model, finetune, fit_max_length, load_task_model, run_info
 from pelt.tasks import TaskSpec, get_task, load_splits
 from pelt.train import TrainConfig, evaluate_model
-from pelt.train.run_folder import claim_run_folder
+from pelt.train.run_folder import RESULTS_FILE, claim_run_folder
 from pelt.train.trainer import adapter_metadata
 from pelt.train.formulations import Formulation, formulation_for
 
@@ -273,7 +273,8 @@ def train_shared_adapter(
     specs = _shared_tasks(tasks)
     config = train_config.for_task(specs[0])
     out = Path(config.output_dir)
-    with claim_run_folder(out, overwrite=config.overwrite):  # one run at a time in the folder
+    # one run at a time in the folder; with overwrite, results.json and every task's adapter are replaced together
+    with claim_run_folder(out, overwrite=config.overwrite, parts=(RESULTS_FILE, *(spec.name for spec in specs))):
         set_seed(config.seed)
         models, tokenizer = shared_models(specs, method, model, train_pooler=train_pooler, pooling=pooling)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

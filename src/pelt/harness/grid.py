@@ -68,7 +68,7 @@ def resolve_lr(text: str, method: str, options: dict[str, Any]) -> float:
             amount = float(factor[1:])
         except ValueError:
             amount = -1.0
-        if factor[0] not in "*/" or amount <= 0:
+        if factor[0] not in "*/" or not 0 < amount < math.inf:
             raise PeltError(f"learning rate {text!r}: write ref, ref*10 or ref/10")
         return float(f"{reference * amount if factor[0] == '*' else reference / amount:.6g}")
     try:

@@ -75,13 +75,19 @@ def child_dies_with_parent() -> Callable[[], None] | None:
     import ctypes
 
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl, set_disposition = libc.prctl, libc.signal
     except (OSError, AttributeError):
         return None
+    set_disposition.restype = ctypes.c_void_p
+    set_disposition.argtypes = [ctypes.c_int, ctypes.c_void_p]
     parent = os.getpid()
-    set_parent_death_signal = 1  # PR_SET_PDEATHSIG
+    set_parent_death_signal, default_action = 1, 0  # PR_SET_PDEATHSIG, SIG_DFL
 
     def arm() -> None:  # in the child, between fork and exec: nothing that takes a lock
+        # A sweep started in the background by a shell without job control has SIGINT ignored, and its children
+        # would inherit that; the default lets the child's Python turn SIGINT into KeyboardInterrupt again.
+        set_disposition(signal.SIGINT, default_action)
         prctl(set_parent_death_signal, signal.SIGINT)  # an interrupt: the run stops as on Ctrl-C, and cleans up
         if os.getppid() != parent:  # the parent died before the signal was armed
             os._exit(EXIT_INTERRUPTED)

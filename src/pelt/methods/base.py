@@ -191,6 +191,10 @@ class Method:
     def inject(self, model: nn.Module, config: MethodConfig, arch: ArchSpec) -> Injection:
         raise NotImplementedError
 
+    def extra_positions(self, config: MethodConfig) -> int:
+        """Positions the method adds to every input (prompt tokens): a max length must leave room for them."""
+        return 0
+
     def check_input_length(self, model: nn.Module, max_length: int) -> None:
         """Refuse, before any work, inputs of `max_length` tokens that the adapted model could not take (the
         first batch that long would fail inside the model)."""

@@ -198,6 +198,9 @@ class PromptTuning(Method):
         return [Prompt(path.rpartition(".")[0], tensors[f"{path}.weight"], prompt.position, prompt.max_positions)
                 for path, prompt in modules_of_type(model, PromptEmbedding)]
 
+    def extra_positions(self, config: MethodConfig) -> int:
+        return config.num_tokens  # type: ignore[attr-defined]
+
     def check_input_length(self, model: nn.Module, max_length: int) -> None:
         super().check_input_length(model, max_length)
         for _, prompt in modules_of_type(model, PromptEmbedding):

@@ -35,6 +35,7 @@ from pelt.arch import (
     head_module_names,
     is_layer_norm,
     pooler_path,
+    position_limit,
 )
 from pelt.core import (
     PeltState,
@@ -224,9 +225,14 @@ class MultiTaskModel(nn.Module):
         task_id = self._free_id()
         plan = [self._plan(op, base_model_path(skeleton), source, method.name) for op in ops]
         head = self._plan_head(skeleton, tensors, source)
+        described = adapter_task(config)
+        positions = position_limit(self.backbone)
+        if positions is not None:  # inputs are cut to what the backbone's positions take, the prompt's included
+            room = positions - method.extra_positions(adapter_method_config(config))
+            described["max_length"] = max(1, min(described["max_length"], room))
         info = TaskInfo(name, task_id, method.name, config=config, source=source,
                         parameters=sum(t.numel() for t in tensors.values()),
-                        stored_bytes=sum(t.nbytes for t in tensors.values()), **adapter_task(config))
+                        stored_bytes=sum(t.nbytes for t in tensors.values()), **described)
         for place in plan:  # every check passed: from here nothing fails on bad input
             info.banks += place(task_id)
         if head is not None:

@@ -6,6 +6,11 @@ first; a run holds its folder from its first check to its results (`pelt.files.h
 the earlier run's results and checkpoints move aside into a hidden folder and come back if the new run fails, is
 interrupted or is killed (the next run into the folder puts them back), so a full disk or a typo never costs a
 finished run.
+
+Every step survives a kill at any point: the earlier run moves into `.pelt-replacing-run` and that folder is
+renamed `.pelt-replaced-run` once it holds everything; a restore first removes the unfinished run's parts, then
+renames the aside folder `.pelt-restoring-run` and moves its contents back. The next run into the folder finishes
+whichever step a kill interrupted (`_recover`), and removes checkpoint saves a kill cut short.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pelt.errors import PeltError
@@ -23,12 +28,17 @@ RESULTS_FILE = "results.json"
 ADAPTER_DIR = "adapter"  # the best checkpoint by validation metric
 LAST_DIR = "last"  # the most recent checkpoint
 RUN_PARTS = (RESULTS_FILE, ADAPTER_DIR, LAST_DIR)
-REPLACED_DIR = ".pelt-replaced-run"  # an earlier run, kept while a run started with overwrite is under way
+MOVING_ASIDE = ".pelt-replacing-run"  # an earlier run being moved aside (incomplete)
+ASIDE = ".pelt-replaced-run"  # an earlier run, whole, kept while a run started with overwrite is under way
+RESTORING = ".pelt-restoring-run"  # an earlier run being put back (the unfinished run's parts already gone)
 
 
-def _is_main_process() -> bool:
-    """Under torchrun / accelerate every rank runs the pipeline; rank 0 alone owns the folder."""
-    return int(os.environ.get("RANK", "0") or 0) == 0
+def is_main_process() -> bool:
+    """Under torchrun / accelerate every rank runs the pipeline; rank 0 alone writes (and holds) the folder."""
+    def number(name: str, default: int) -> int:
+        text = os.environ.get(name, "").strip()
+        return int(text) if text.isdigit() else default
+    return number("WORLD_SIZE", 1) <= 1 or number("RANK", 0) == 0
 
 
 def _remove(path: Path) -> None:
@@ -38,81 +48,103 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _restore(folder: Path) -> None:
-    """Put an earlier run back in place of a run that did not finish."""
-    aside = folder / REPLACED_DIR
-    for name in RUN_PARTS:
-        _remove(folder / name)
-    for item in aside.iterdir():
+def _move_back(folder: Path, source: Path) -> None:
+    """Everything in `source` back into `folder`."""
+    for item in source.iterdir():
         os.replace(item, folder / item.name)
-    aside.rmdir()
+    source.rmdir()
 
 
-def _recover(folder: Path) -> None:
-    """A run started with overwrite that was killed left the earlier run aside: put it back, unless the killed
-    run got as far as its results."""
-    aside = folder / REPLACED_DIR
-    if not aside.is_dir():
-        return
-    if (folder / RESULTS_FILE).is_file():
-        shutil.rmtree(aside)
-    else:
-        _restore(folder)
+def _restore(folder: Path, parts: Sequence[str]) -> None:
+    """Put the earlier run back in place of a run that did not finish."""
+    for name in parts:
+        _remove(folder / name)
+    os.replace(folder / ASIDE, folder / RESTORING)
+    _move_back(folder, folder / RESTORING)
+
+
+def _recover(folder: Path, parts: Sequence[str]) -> None:
+    """Finish what a killed process left half done, so that the folder holds one whole run (or none)."""
+    if (folder / MOVING_ASIDE).is_dir():  # killed while moving aside: nothing new was written yet
+        _move_back(folder, folder / MOVING_ASIDE)
+    if (folder / RESTORING).is_dir():  # killed while putting back: the unfinished run's parts are already gone
+        _move_back(folder, folder / RESTORING)
+    if (folder / ASIDE).is_dir():
+        if (folder / RESULTS_FILE).is_file():  # the run that replaced it finished; only the cleanup was cut
+            shutil.rmtree(folder / ASIDE)
+        else:
+            _restore(folder, parts)
+    for name in (ADAPTER_DIR, LAST_DIR):  # a checkpoint save cut between its two renames
+        previous = folder / f".{name}.old"
+        if previous.is_dir() and not (folder / name).exists():
+            os.replace(previous, folder / name)
+    for staging in folder.glob(".*.*"):  # a save cut while writing (no one else writes here now)
+        if staging.is_dir() and staging.name.split(".")[1] in (ADAPTER_DIR, LAST_DIR):
+            shutil.rmtree(staging, ignore_errors=True)
+        elif staging.is_file() and staging.name.startswith(f".{RESULTS_FILE}.") and staging.name.endswith(".tmp"):
+            staging.unlink()
 
 
 @contextlib.contextmanager
-def claim_run_folder(output_dir: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+def claim_run_folder(output_dir: str | os.PathLike, *, overwrite: bool,
+                     parts: Sequence[str] = RUN_PARTS) -> Iterator[Path]:
     """The run's folder, created, writable and held for the block. Without `overwrite`, a folder that holds a
-    run is refused; with it, that run is replaced when the block ends with results.json written, and restored
-    if it ends any other way."""
+    run (any of `parts`, results.json among them) is refused; with it, that run is replaced when the block ends
+    with results.json written, and restored if it ends any other way."""
     created = not Path(output_dir).exists()
     folder = make_writable_folder(output_dir, "--output-dir")
-    if not _is_main_process():
+    if not is_main_process():  # rank 0 holds the folder; every rank refuses a run in the way
+        if not overwrite:
+            _refuse_earlier_run(folder, parts)
         yield folder
         return
-    try:
-        with _held(folder, overwrite) as held:
-            yield held
-    finally:
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()  # a run that failed before writing anything leaves no empty folder behind
-
-
-@contextlib.contextmanager
-def _held(folder: Path, overwrite: bool) -> Iterator[Path]:
     refusal = (f"{folder} is in use: another pelt train is writing into it; wait for it to end, or pass another "
                "--output-dir")
     with hold_folder(folder, refusal):
-        if (folder / REPLACED_DIR).exists() and not _claimed_here(folder):
-            _recover(folder)
-        if _claimed_here(folder):  # an outer claim of this process (finetune, then train_model) did the rest
+        key = folder.resolve()
+        if key in _claims:  # an outer claim of this process (finetune, then train_model) did the rest
             yield folder
             return
-        earlier = [name for name in RUN_PARTS if (folder / name).exists()]
-        if earlier and not overwrite:
-            raise PeltError(f"{folder} already holds a run ({', '.join(earlier)}); pass another output folder, or "
-                            "--overwrite (overwrite=True) to replace it")
-        aside = folder / REPLACED_DIR
-        if earlier:
-            aside.mkdir()
-            for name in earlier:
-                os.replace(folder / name, aside / name)
-        _claims.add(folder.resolve())
-        finished = False
         try:
-            yield folder
-            finished = (folder / RESULTS_FILE).is_file()
+            _recover(folder, parts)
+            with _replacing(folder, overwrite, parts):
+                _claims.add(key)
+                try:
+                    yield folder
+                finally:
+                    _claims.discard(key)
         finally:
-            _claims.discard(folder.resolve())
-            if aside.is_dir():
-                if finished:
-                    shutil.rmtree(aside)
-                else:
-                    _restore(folder)
+            if created and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+
+
+def _refuse_earlier_run(folder: Path, parts: Sequence[str]) -> list[str]:
+    earlier = [name for name in parts if (folder / name).exists()]
+    if earlier:
+        raise PeltError(f"{folder} already holds a run ({', '.join(earlier)}); pass another output folder, or "
+                        "--overwrite (overwrite=True) to replace it")
+    return earlier
+
+
+@contextlib.contextmanager
+def _replacing(folder: Path, overwrite: bool, parts: Sequence[str]) -> Iterator[None]:
+    earlier = [name for name in parts if (folder / name).exists()] if overwrite else _refuse_earlier_run(folder, parts)
+    if earlier:
+        moving = folder / MOVING_ASIDE
+        moving.mkdir()
+        for name in earlier:
+            os.replace(folder / name, moving / name)
+        os.replace(moving, folder / ASIDE)  # whole: from here on, a restore has everything
+    finished = False
+    try:
+        yield
+        finished = (folder / RESULTS_FILE).is_file()
+    finally:
+        if earlier:
+            if finished:
+                shutil.rmtree(folder / ASIDE)
+            else:
+                _restore(folder, parts)
 
 
 _claims: set[Path] = set()  # run folders claimed by this process
-
-
-def _claimed_here(folder: Path) -> bool:
-    return folder.resolve() in _claims

@@ -148,19 +148,33 @@ class _DivergenceGuard(TrainerCallback):
     """Stop a run the moment its loss or trained weights stop being numbers (a learning rate far too high, a
     NaN option), naming the step, before an evaluation could save those weights as a checkpoint."""
 
-    def __init__(self, model: nn.Module, names: list[str], learning_rate: dict[str, float]) -> None:
+    # Up to this many trained values the weights are checked after every step (a few ms on a CPU step of
+    # seconds); above it (full fine-tuning of a large model) at each logging step and before each evaluation.
+    CHECK_EVERY_STEP_UP_TO = 50_000_000
+
+    def __init__(self, model: nn.Module, names: list[str], learning_rate: dict[str, float],
+                 logging_steps: int) -> None:
         self.model, self.names, self.learning_rate = model, names, learning_rate
         self.stage = ""
+        values = sum(model.get_parameter(n).numel() for n in names)
+        self.every = 1 if values <= self.CHECK_EVERY_STEP_UP_TO else max(1, logging_steps)
 
     def _stop(self, step: int, what: str) -> typing.NoReturn:
         lr = self.learning_rate.get(self.stage)
         raise PeltError(f"training diverged at step {step} ({self.stage} stage{f', learning rate {lr:g}' if lr else ''}): "
                         f"{what}; lower the learning rate (--lr, --head-lr) and train again")
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def _check_weights(self, step: int) -> None:
         bad = non_finite_tensors({n: self.model.get_parameter(n) for n in self.names})
         if bad:
-            self._stop(state.global_step, f"{len(bad)} trained tensors hold NaN or infinite values ({bad[0]}, ...)")
+            self._stop(step, f"{len(bad)} trained tensors hold NaN or infinite values ({bad[0]}, ...)")
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step % self.every == 0:
+            self._check_weights(state.global_step)
+
+    def on_evaluate(self, args, state, control, **kwargs):  # noqa: ANN001
+        self._check_weights(state.global_step)  # before the checkpoint callback saves them
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         loss = (logs or {}).get("loss")
@@ -250,7 +264,8 @@ def _train_in(output_dir: Path, model: nn.Module, formulation: Formulation, data
     metric_key = f"eval_{task.main_metric}"
     metadata = adapter_metadata(formulation, config.max_length, run_info)
     callback = _CheckpointCallback(model, output_dir, metric_key, metadata)
-    guard = _DivergenceGuard(model, state.trainable, {"head": config.head_learning_rate, "method": learning_rate})
+    guard = _DivergenceGuard(model, state.trainable, {"head": config.head_learning_rate, "method": learning_rate},
+                             config.logging_steps)
     collator = formulation.collator(model)
     extra = formulation.arguments(encoded)
 
