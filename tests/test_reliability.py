@@ -654,3 +654,13 @@ def test_predict_output_under_a_file_names_the_file(capsys, tiny_model_dir, tmp_
     (tmp_path / "afile").write_text("")
     assert_bad_input(capsys, ["predict", "--adapter", adapter, "--input", tmp_path / "in.jsonl", "--output",
                               tmp_path / "afile" / "x.jsonl"], f"{tmp_path / 'afile'} is a file")
+
+
+def test_non_finite_tensors_names_exactly_the_tensors_with_nan_or_infinity():
+    from pelt.core import non_finite_tensors
+
+    tensors = {"fine": torch.ones(4), "huge": torch.full((10,), 3e38),  # its sum overflows, its values do not
+               "nan": torch.tensor([1.0, math.nan]), "both_infinities": torch.tensor([math.inf, -math.inf]),
+               "half": torch.tensor([60000.0, 60000.0], dtype=torch.float16)}  # its float16 sum overflows, its values do not
+    assert non_finite_tensors(tensors) == ["nan", "both_infinities"]
+    assert non_finite_tensors({"fine": torch.ones(3), "huge": torch.full((10,), 3e38)}) == []
