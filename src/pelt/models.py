@@ -114,7 +114,8 @@ def load_config(name: str | os.PathLike | None, **overrides: Any) -> PretrainedC
         raise PeltError(_not_found(resolved, e)) from None
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 def _not_found(name: str, error: Exception) -> str:
@@ -176,9 +177,9 @@ def check_loaded_weights(resolved: str, model: nn.Module, info: dict[str, Any]) 
     missing = sorted(k for k in info.get("missing_keys", ()) if outside(k, head + ([pooler] if pooler else [])))
     if mismatched:
         key, saved, expected = mismatched[0]
+        count = f"{len(mismatched)} tensor{'s' if len(mismatched) > 1 else ''} in all"
         raise PeltError(f"the weights in {resolved} do not fit its config.json: {key} is saved as {saved}, the config "
-                        f"makes it {expected} ({len(mismatched)} tensor{'s' if len(mismatched) > 1 else ''} in all); fix config.json or use the folder "
-                        "the weights came from")
+                        f"makes it {expected} ({count}); fix config.json or use the folder the weights came from")
     extra = _layers_beyond_config(model, info.get("unexpected_keys", ()))
     if extra:
         stack, saved, built = extra

@@ -110,8 +110,8 @@ class TrainConfig:
 class _CheckpointCallback(TrainerCallback):
     """After each evaluation: save the last checkpoint, and the best one by the task's main metric.
 
-    An evaluation whose metric is not a number (a correlation of constant predictions) ranks below every other,
-    but still gives a best checkpoint when no evaluation does better.
+    An evaluation whose metric is not a number ranks below every other, but still gives a best checkpoint when
+    no evaluation does better (the run ends with an adapter to load).
     """
 
     def __init__(self, model: nn.Module, output_dir: Path, metric_key: str, metadata: dict[str, Any]) -> None:
@@ -161,8 +161,9 @@ class _DivergenceGuard(TrainerCallback):
 
     def _stop(self, step: int, what: str) -> typing.NoReturn:
         lr = self.learning_rate.get(self.stage)
-        raise PeltError(f"training diverged at step {step} ({self.stage} stage{f', learning rate {lr:g}' if lr else ''}): "
-                        f"{what}; lower the learning rate (--lr, --head-lr) and train again")
+        rate = f", learning rate {lr:g}" if lr else ""
+        raise PeltError(f"training diverged at step {step} ({self.stage} stage{rate}): {what}; lower the learning "
+                        "rate (--lr, --head-lr) and train again")
 
     def _check_weights(self, step: int) -> None:
         bad = non_finite_tensors({n: self.model.get_parameter(n) for n in self.names})
