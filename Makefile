@@ -6,7 +6,7 @@ GLUE   ?= ../shared/data/glue
 SUPERGLUE ?= ../shared/data/superglue
 OUT    ?= runs/sst2-hadamard
 
-.PHONY: setup demo test test-slow bench
+.PHONY: setup demo test bench
 
 setup: $(VENV)/.installed
 
@@ -27,9 +27,6 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
-
-test-slow: setup
-	HF_HUB_OFFLINE=1 PELT_GLUE_DIR=$(GLUE) PELT_SUPERGLUE_DIR=$(SUPERGLUE) $(BIN)/pytest -q -m slow
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/glue_minilm.py --data-dir $(GLUE)

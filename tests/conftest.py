@@ -22,6 +22,9 @@ from transformers import (  # noqa: E402
     T5ForConditionalGeneration,
 )
 
+# The real benchmark data, beside the repository (where CI has it too); $PELT_GLUE_DIR / $PELT_SUPERGLUE_DIR override.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 ENCODER_FAMILIES = ["bert", "roberta", "electra", "deberta-v2"]
 ALL_FAMILIES = ENCODER_FAMILIES + ["t5"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]

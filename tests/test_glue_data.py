@@ -14,6 +14,7 @@ from pathlib import Path  # noqa: E402
 import datasets  # noqa: E402
 import pytest  # noqa: E402
 
+from conftest import SHARED_DATA  # noqa: E402
 from pelt.errors import PeltError  # noqa: E402
 from pelt.tasks import TaskSpec, get_task, list_tasks, load_task_data  # noqa: E402
 from pelt.tasks import glue as glue_module  # noqa: E402
@@ -589,10 +590,9 @@ REAL_ROWS = {
 }
 
 
-@pytest.mark.slow
 def test_real_glue_data_row_counts() -> None:
-    root = os.environ.get("PELT_GLUE_DIR")
-    if not root or not Path(root).is_dir():
+    root = os.environ.get("PELT_GLUE_DIR") or str(SHARED_DATA / "glue")  # beside the clone, as in CI
+    if not Path(root).is_dir():
         pytest.skip("set PELT_GLUE_DIR to a glue_data folder to run this test")
     present = [task for task in REAL_ROWS if (Path(root) / get_task(task).folder).is_dir()]
     if not present:

@@ -16,6 +16,7 @@ from typing import Any  # noqa: E402
 import datasets  # noqa: E402
 import pytest  # noqa: E402
 
+from conftest import SHARED_DATA  # noqa: E402
 from pelt.errors import PeltError  # noqa: E402
 from pelt.tasks import superglue as superglue_module  # noqa: E402
 from pelt.tasks.superglue import SUPERGLUE_TASKS, load_superglue, superglue_features  # noqa: E402
@@ -800,10 +801,9 @@ REAL_ROWS = {
 REAL_MULTIRC = {"train": (5131, 456), "validation": (953, 83)}  # (questions, paragraphs)
 
 
-@pytest.mark.slow
 def test_real_superglue_row_counts() -> None:
-    root = os.environ.get("PELT_SUPERGLUE_DIR")
-    if not root or not Path(root).is_dir():
+    root = os.environ.get("PELT_SUPERGLUE_DIR") or str(SHARED_DATA / "superglue")  # beside the clone, as in CI
+    if not Path(root).is_dir():
         pytest.skip("set PELT_SUPERGLUE_DIR to a SuperGLUE folder to run this test")
     present = [task for task in REAL_ROWS if (Path(root) / SUPERGLUE_TASKS[task]).is_dir()]
     if not present:

@@ -438,3 +438,19 @@ def test_a_warm_up_longer_than_the_run_is_warned_about(tmp_path: Path, tiny_mode
     finetune("cb", pelt.make_config("bitfit"), _quick(tmp_path, "v", warmup_steps=0), model=str(tiny_model_dir),
              data_dir=data)
     assert "warm-up" not in capsys.readouterr().err
+
+
+def test_compacter_halves_of_an_even_dev_set_are_pinned(tmp_path: Path) -> None:
+    """Ten dev rows, split seed 42: the rows of validation and test, named here, so that a change of the shuffle,
+    of which half validates, or of the rounding moves them (an odd size alone would not tell the halves apart)."""
+    rte = tmp_path / "glue" / "RTE"
+    rte.mkdir(parents=True)
+    labels = ["entailment", "not_entailment"]
+    (rte / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "".join(
+        f"{i}\tw{i} w1\tw2\t{labels[i % 2]}\n" for i in range(8)))
+    (rte / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n" + "".join(
+        f"{i}\trow{i}\tw2\t{labels[i % 2]}\n" for i in range(10)))
+    data = load_splits("rte", tmp_path / "glue", protocol="compacter")
+    names = {split: [r["sentence1"] for r in _rows(data[split])] for split in ("validation", "test")}
+    assert names == {"validation": ["row5", "row6", "row0", "row7", "row3"],
+                     "test": ["row2", "row4", "row9", "row1", "row8"]}

@@ -18,6 +18,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
+    DebertaV2Config,
     PretrainedConfig,
     PreTrainedTokenizerBase,
     RobertaConfig,
@@ -73,6 +74,14 @@ def _roberta(hidden: int, layers: int, heads: int) -> dict[str, Any]:
             "type_vocab_size": 1, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
 
 
+def _deberta_v3(hidden: int, layers: int, heads: int) -> dict[str, Any]:
+    return {"model_type": "deberta-v2", "vocab_size": 128100, "hidden_size": hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "intermediate_size": 4 * hidden, "max_position_embeddings": 512,
+            "type_vocab_size": 0, "relative_attention": True, "position_buckets": 256, "max_relative_positions": -1,
+            "norm_rel_ebd": "layer_norm", "share_att_key": True, "pos_att_type": ["p2c", "c2p"],
+            "position_biased_input": False, "layer_norm_eps": 1e-7, "pad_token_id": 0}
+
+
 def _t5(d_model: int, layers: int, heads: int) -> dict[str, Any]:
     return {"model_type": "t5", "vocab_size": 32128, "d_model": d_model, "d_ff": 4 * d_model, "d_kv": 64,
             "num_layers": layers, "num_decoder_layers": layers, "num_heads": heads}
@@ -86,11 +95,13 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
     "bert-large-cased": _bert(1024, 24, 16, vocab=28996),
     "roberta-base": _roberta(768, 12, 12),
     "roberta-large": _roberta(1024, 24, 16),
+    "deberta-v3-base": _deberta_v3(768, 12, 12),
+    "deberta-v3-large": _deberta_v3(1024, 24, 16),
     "t5-small": _t5(512, 6, 8),
     "t5-base": _t5(768, 12, 12),
     "t5-large": _t5(1024, 24, 16),
 }
-_CONFIG_CLASSES = {"bert": BertConfig, "roberta": RobertaConfig, "t5": T5Config}
+_CONFIG_CLASSES = {"bert": BertConfig, "roberta": RobertaConfig, "deberta-v2": DebertaV2Config, "t5": T5Config}
 
 
 def _known_key(name: str) -> str | None:
