@@ -173,6 +173,7 @@ class AdaptedProjection(nn.Module):
 class BottleneckMethod(Method):
     """Inject one adapter per chosen site; subclasses say how D and U are built."""
 
+    init_output = "near"  # U f(D h) with small D, U: the change grows with the configured init std
     default_learning_rate = 3e-4
 
     def make_shared(self, config: BottleneckConfig, factory: dict) -> SharedRule | None:

@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -179,6 +179,10 @@ class Method:
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     # Train the task head alone first, then the method (the Hadamard paper's recipe).
     two_stage: ClassVar[bool] = False
+    # What the adapted model computes before training: "exact" (the base model's outputs, bit for bit), "near"
+    # (a small change set by the method's init std: the bottleneck family) or "changed" (prompt tuning adds
+    # tokens). The generic test suite checks each method by its declaration.
+    init_output: ClassVar[Literal["exact", "near", "changed"]] = "exact"
     default_learning_rate: ClassVar[float] = 1e-3
     # The learning rate of the method's source (the Compacter authors' configs where they ran it): what a sweep
     # centres on. None: the default.

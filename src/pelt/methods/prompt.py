@@ -156,6 +156,7 @@ class PromptTuning(Method):
     name = "prompt-tuning"
     config_class = PromptTuningConfig
     default_learning_rate = 3e-2
+    init_output = "changed"  # the prompt's tokens are part of the input from the start
 
     def reference_lr(self, config: MethodConfig) -> float:
         """The Compacter authors': 3e-2 for a random prompt (R), 3e-1 for one copied from the vocabulary (T)."""
