@@ -100,7 +100,7 @@ def _glorot_std(fan_in: float, fan_out: float) -> float:
     return math.sqrt(2 / (fan_in + fan_out))  # uniform(±√(6/(fan_in+fan_out))): variance bound² / 3
 
 
-VARIANTS = [(m, {}) for m in NEAR] + [("adapter-lowrank", {"rank": 2}), ("compacter", {"n": 2, "rank": 2})]
+VARIANTS = [(m, {}) for m in NEAR] + [("adapter-lowrank", {"rank": 2}), ("compacter", {"bottleneck": 16, "rank": 2})]
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
@@ -109,7 +109,7 @@ def test_measured_init_stds_are_the_configured_ones(method: str, options: dict, 
     torch.manual_seed(0)
     config = config_of(method, **options)
     model = pelt.apply_method(tiny_model(family), config)
-    sigma, d, k = config.init_std, HIDDEN, BOTTLENECK
+    sigma, d, k = config.init_std, HIDDEN, config.bottleneck
     if method in ("adapter", "pfeiffer", "adapterdrop"):
         expected = {"adapter.down.weight": sigma, "adapter.up.weight": sigma}
     elif method == "adapter-lowrank":
