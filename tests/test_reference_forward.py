@@ -1,0 +1,222 @@
+"""Every method's forward against the paper's formula, computed here independently.
+
+Each method is applied to a tiny model of every family, its parameters are moved away from their init, and the
+adapted model's logits are compared with those of the *plain* base model (same seed) with the formula applied at
+the sites named here, from the trained tensors read by name (../shared/docs/methods.md):
+
+- Hadamard: `W ⊙ A + b` at each self-attention output projection's output;
+- LoRA: `y + (alpha / r) · B A x` at query and value (A: r × in, B: out × r);
+- (IA)³: keys and values scaled, and the FFN's inner activations (the input of its output projection);
+- bottleneck adapters: `h + U f(D h)` at the sublayer outputs the placement names (attention output, FFN
+  output; in T5 decoders never cross-attention), with D and U rebuilt: dense; low rank `L R`; PHM
+  `Σ_i A_i ⊗ B_i`; LPHM with `B_i = s_i t_iᵀ` and Compacter's one shared set of A_i; f = GeLU (tanh form);
+- BitFit: biases (T5's new ones added at every linear layer and LayerNorm); full fine-tuning: every weight;
+- prompt tuning: the prompt's vectors inserted into the word embeddings (after [CLS] on encoders, first on T5),
+  the attention mask widened by ones.
+
+Intrinsic-SAID's Fastfood projection is checked by its own tests (tests/test_baselines.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import ALL_FAMILIES, TINY_OPTIONS, model_output, perturb_trainable, tiny_inputs, tiny_model
+
+import pelt
+from pelt.methods import make_config
+
+PREFIX = {"bert": "bert", "roberta": "roberta", "electra": "electra", "deberta-v2": "deberta"}
+LAYERS = 3  # per stack, in the tiny models
+
+
+def projections(family: str) -> dict[str, str]:
+    if family == "deberta-v2":
+        return {"query": "attention.self.query_proj", "key": "attention.self.key_proj",
+                "value": "attention.self.value_proj"}
+    return {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value"}
+
+
+def layers(family: str) -> list[dict[str, str]]:
+    """Each layer's sites by role, as full module paths (T5: encoder layers, then decoder layers)."""
+    if family == "t5":
+        found = []
+        for stack, ffn in (("encoder", "layer.1"), ("decoder", "layer.2")):
+            for i in range(LAYERS):
+                base = f"{stack}.block.{i}"
+                found.append({"query": f"{base}.layer.0.SelfAttention.q", "key": f"{base}.layer.0.SelfAttention.k",
+                              "value": f"{base}.layer.0.SelfAttention.v",
+                              "attention_output": f"{base}.layer.0.SelfAttention.o",
+                              "ffn_output": f"{base}.{ffn}.DenseReluDense.wo", "index": str(i)})
+        return found
+    found = []
+    for i in range(LAYERS):
+        base = f"{PREFIX[family]}.encoder.layer.{i}"
+        sites = {role: f"{base}.{path}" for role, path in projections(family).items()}
+        found.append({**sites, "attention_output": f"{base}.attention.output.dense",
+                      "ffn_output": f"{base}.output.dense", "index": str(i)})
+    return found
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def adapted_and_reference(method: str, family: str, **options):
+    """The adapted model (moved off its init), a plain base model of the same seed holding the same trained
+    values of existing parameters (unfrozen weights, the head), and the trained tensors by name."""
+    config = make_config(method, **{**TINY_OPTIONS.get(method, {}), **options})
+    model = pelt.apply_method(tiny_model(family), config)
+    perturb_trainable(model, seed=5)
+    trained = {n: model.get_parameter(n).detach().clone() for n in model.pelt_state.trainable}
+    reference = tiny_model(family)
+    existing = dict(reference.named_parameters())
+    with torch.no_grad():
+        for name, tensor in trained.items():
+            if name in existing:
+                existing[name].copy_(tensor)
+    return model, reference, trained, config
+
+
+def on_output(module: torch.nn.Module, change) -> None:
+    module.register_forward_hook(lambda m, args, output: change(output, args[0]))
+
+
+def assert_same_logits(model, reference, family: str, inputs=None, reference_inputs=None, what: str = "") -> None:
+    inputs = inputs or tiny_inputs(family)
+    got = model_output(model, inputs)
+    expected = model_output(reference, reference_inputs or inputs)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4), \
+        f"{what}: the adapted model differs from the formula by {(got - expected).abs().max():.3g}"
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("placement", ["output", "input"])
+def test_hadamard_is_w_times_a_plus_b_at_the_attention_output(family: str, placement: str) -> None:
+    model, reference, trained, _ = adapted_and_reference("hadamard", family, placement=placement)
+    for layer in layers(family):
+        site = layer["attention_output"]
+        w, b = trained[f"{site}.hadamard_weight"], trained[f"{site}.hadamard_bias"]
+        module = reference.get_submodule(site)
+        if placement == "output":  # on A, the projection's output
+            on_output(module, lambda out, x, w=w, b=b: w * out + b)
+        else:  # on the concatenated heads, before the projection
+            module.register_forward_pre_hook(lambda m, args, w=w, b=b: (w * args[0] + b,))
+    assert_same_logits(model, reference, family, what=f"hadamard ({placement})")
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_lora_adds_alpha_over_r_times_b_a_x_at_query_and_value(family: str) -> None:
+    rank, alpha = 4, 12.0
+    model, reference, trained, _ = adapted_and_reference("lora", family, rank=rank, alpha=alpha)
+    sites = [layer[role] for layer in layers(family) for role in ("query", "value")]
+    assert {n.rpartition(".")[0] for n in trained if "lora" in n} == set(sites)
+    for site in sites:
+        a, b = trained[f"{site}.lora_A"], trained[f"{site}.lora_B"]
+        module = reference.get_submodule(site)
+        assert a.shape == (rank, module.in_features) and b.shape == (module.out_features, rank)
+        on_output(module, lambda out, x, a=a, b=b: out + (alpha / rank) * (x @ a.T @ b.T))
+    assert_same_logits(model, reference, family, what="lora")
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_ia3_scales_keys_values_and_the_ffn_inner_activations(family: str) -> None:
+    model, reference, trained, _ = adapted_and_reference("ia3", family)
+    scaled = set()
+    for layer in layers(family):
+        for role in ("key", "value"):
+            scale = trained[f"{layer[role]}.ia3_scale"]
+            on_output(reference.get_submodule(layer[role]), lambda out, x, s=scale: out * s)
+            scaled.add(f"{layer[role]}.ia3_scale")
+        inner = trained[f"{layer['ffn_output']}.ia3_scale"]  # on the FFN output projection's input
+        reference.get_submodule(layer["ffn_output"]).register_forward_pre_hook(
+            lambda m, args, s=inner: (args[0] * s,))
+        scaled.add(f"{layer['ffn_output']}.ia3_scale")
+    assert {n for n in trained if n.endswith("ia3_scale")} == scaled
+    assert_same_logits(model, reference, family, what="ia3")
+
+
+def dense(trained: dict[str, torch.Tensor], prefix: str, shared_rule: torch.Tensor | None) -> torch.Tensor:
+    """D or U as a dense (out, in) matrix, from the tensors the method trains for it."""
+    if f"{prefix}.weight" in trained:
+        return trained[f"{prefix}.weight"]
+    if f"{prefix}.left" in trained:
+        return trained[f"{prefix}.left"] @ trained[f"{prefix}.right"]
+    rule = trained.get(f"{prefix}.phm_rule", shared_rule)
+    if f"{prefix}.phm_weight" in trained:
+        blocks = trained[f"{prefix}.phm_weight"]
+    else:
+        blocks = trained[f"{prefix}.phm_left"] @ trained[f"{prefix}.phm_right"].transpose(1, 2)  # s_i t_iᵀ
+    return sum(torch.kron(rule[i], blocks[i]) for i in range(rule.shape[0]))
+
+
+BOTTLENECK_SITES = {  # method -> the roles it adapts, and the first layer index adapted per stack
+    "adapter": (("attention_output", "ffn_output"), 0),
+    "adapter-lowrank": (("attention_output", "ffn_output"), 0),
+    "phm-adapter": (("attention_output", "ffn_output"), 0),
+    "compacter": (("attention_output", "ffn_output"), 0),
+    "adapterdrop": (("attention_output", "ffn_output"), 1),  # drop_first=1 in the tiny options
+    "pfeiffer": (("attention_output",), 0),
+    "compacter++": (("ffn_output",), 0),
+}
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("method", sorted(BOTTLENECK_SITES))
+def test_bottleneck_adapters_add_u_f_d_h_at_their_sublayers(method: str, family: str) -> None:
+    model, reference, trained, config = adapted_and_reference(method, family)
+    roles, first = BOTTLENECK_SITES[method]
+    sites = [layer[role] for layer in layers(family) if int(layer["index"]) >= first for role in roles]
+    assert {n.split(".adapter.")[0] for n in trained if ".adapter." in n} == set(sites), "placement"
+    shared = [t for n, t in trained.items() if n.endswith("phm_rule") and ".adapter." not in n]
+    assert len(shared) == (1 if method.startswith("compacter") else 0)
+    for site in sites:
+        down = dense(trained, f"{site}.adapter.down", shared[0] if shared else None)
+        up = dense(trained, f"{site}.adapter.up", shared[0] if shared else None)
+        b_down, b_up = trained[f"{site}.adapter.down.bias"], trained[f"{site}.adapter.up.bias"]
+        assert down.shape == (config.bottleneck, up.shape[0]) and up.shape[1] == config.bottleneck
+        on_output(reference.get_submodule(site),
+                  lambda h, x, d=down, u=up, bd=b_down, bu=b_up: h + gelu_tanh(h @ d.T + bd) @ u.T + bu)
+    assert_same_logits(model, reference, family, what=method)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_bitfit_trains_biases_only(family: str) -> None:
+    model, reference, trained, _ = adapted_and_reference("bitfit", family)
+    existing = dict(reference.named_parameters())
+    head = {n for n in trained if n.split(".")[0] not in ("encoder", "decoder", PREFIX.get(family, "-"))}
+    assert all(n.endswith(".bias") for n in set(trained) - head)
+    for name, bias in trained.items():
+        if name not in existing:  # T5 has no biases: added at its linear layers and LayerNorms, zero at init
+            on_output(reference.get_submodule(name.rpartition(".")[0]), lambda out, x, b=bias: out + b)
+    assert_same_logits(model, reference, family, what="bitfit")
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_full_fine_tuning_is_the_model_with_its_trained_weights(family: str) -> None:
+    model, reference, trained, _ = adapted_and_reference("full", family)
+    assert set(trained) == {n for n, _ in reference.named_parameters()}
+    assert_same_logits(model, reference, family, what="full")
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_prompt_tuning_inserts_its_vectors_into_the_word_embeddings(family: str) -> None:
+    model, reference, trained, config = adapted_and_reference("prompt-tuning", family)
+    (name,) = [n for n in trained if n.endswith("prompt_tuning.weight")]
+    prompt = trained[name]
+    assert prompt.shape == (config.num_tokens, reference.get_input_embeddings().embedding_dim)
+    inputs = tiny_inputs(family)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    words = reference.get_input_embeddings()(ids)
+    at = 0 if family == "t5" else 1  # after [CLS] on encoders
+    batch, p = ids.shape[0], config.num_tokens
+    embeds = torch.cat([words[:, :at], prompt.expand(batch, -1, -1), words[:, at:]], dim=1)
+    widened = torch.cat([mask[:, :at], torch.ones(batch, p, dtype=mask.dtype), mask[:, at:]], dim=1)
+    reference_inputs = {"inputs_embeds": embeds, "attention_mask": widened}
+    if family == "t5":
+        reference_inputs["decoder_input_ids"] = inputs["decoder_input_ids"]
+    assert_same_logits(model, reference, family, inputs=inputs, reference_inputs=reference_inputs,
+                       what="prompt-tuning")
