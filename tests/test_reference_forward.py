@@ -220,3 +220,67 @@ def test_prompt_tuning_inserts_its_vectors_into_the_word_embeddings(family: str)
         reference_inputs["decoder_input_ids"] = inputs["decoder_input_ids"]
     assert_same_logits(model, reference, family, inputs=inputs, reference_inputs=reference_inputs,
                        what="prompt-tuning")
+
+
+def layer_norms(family: str, attention_only: bool = False) -> set[str]:
+    """The LayerNorms' parameters, spelled out (T5's have no bias)."""
+    if family == "t5":
+        names = set()
+        for stack, count in (("encoder", 2), ("decoder", 3)):
+            for i in range(LAYERS):
+                parts = [0] if attention_only else range(count)
+                names |= {f"{stack}.block.{i}.layer.{j}.layer_norm.weight" for j in parts}
+            if not attention_only:
+                names.add(f"{stack}.final_layer_norm.weight")
+        return names
+    prefix = PREFIX[family]
+    names = {f"{prefix}.encoder.layer.{i}.attention.output.LayerNorm.{w}" for i in range(LAYERS) for w in ("weight", "bias")}
+    if not attention_only:
+        names |= {f"{prefix}.encoder.layer.{i}.output.LayerNorm.{w}" for i in range(LAYERS) for w in ("weight", "bias")}
+        names |= {f"{prefix}.embeddings.LayerNorm.{w}" for w in ("weight", "bias")}
+    return names  # (the tiny DeBERTa has no relative attention, so no LayerNorm of relative embeddings)
+
+
+def head(family: str) -> set[str]:
+    if family == "t5":
+        return set()  # the LM head is tied to the embeddings and stays frozen
+    return {"bert": {"classifier.weight", "classifier.bias"},
+            "deberta-v2": {"pooler.dense.weight", "pooler.dense.bias", "classifier.weight", "classifier.bias"}}.get(
+        family, {"classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight",
+                 "classifier.out_proj.bias"})  # RoBERTa and ELECTRA: a two-layer head
+
+
+def expected_trained(method: str, family: str) -> set[str]:
+    sites = layers(family)
+    if method == "hadamard":
+        added = {f"{s['attention_output']}.hadamard_{w}" for s in sites for w in ("weight", "bias")}
+        return added | layer_norms(family, attention_only=True) | head(family)
+    if method == "lora":
+        return {f"{s[r]}.lora_{m}" for s in sites for r in ("query", "value") for m in "AB"} | head(family)
+    if method == "ia3":
+        return {f"{s[r]}.ia3_scale" for s in sites for r in ("key", "value", "ffn_output")} | head(family)
+    if method == "prompt-tuning":
+        return {"encoder.prompt_tuning.weight" if family == "t5" else f"{PREFIX[family]}.prompt_tuning.weight"} \
+            | head(family)
+    roles, first = BOTTLENECK_SITES[method]
+    kinds = {"adapter": ("weight", "bias"), "pfeiffer": ("weight", "bias"), "adapterdrop": ("weight", "bias"),
+             "adapter-lowrank": ("left", "right", "bias"), "phm-adapter": ("phm_rule", "phm_weight", "bias"),
+             "compacter": ("phm_left", "phm_right", "bias"), "compacter++": ("phm_left", "phm_right", "bias")}[method]
+    added = {f"{s[r]}.adapter.{p}.{k}" for s in sites if int(s["index"]) >= first for r in roles
+             for p in ("down", "up") for k in kinds}
+    return added | layer_norms(family) | head(family)
+
+
+SPELLED_OUT = ["hadamard", "lora", "ia3", "prompt-tuning", *sorted(BOTTLENECK_SITES)]
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+@pytest.mark.parametrize("method", SPELLED_OUT)
+def test_the_trained_set_is_the_one_the_paper_names(method: str, family: str) -> None:
+    model = pelt.apply_method(tiny_model(family), make_config(method, **TINY_OPTIONS.get(method, {})))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    shared = {n for n in trained if n.endswith("phm_rule") and ".adapter." not in n}
+    assert len(shared) == (1 if method.startswith("compacter") else 0)  # Compacter's one set of A_i
+    expected = expected_trained(method, family)
+    assert trained - shared == expected, (f"trains too much: {sorted(trained - shared - expected)[:4]}; "
+                                          f"misses: {sorted(expected - trained)[:4]}")

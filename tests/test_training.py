@@ -22,3 +22,43 @@ def test_two_stage_run_overfits_32_examples(tiny_model_dir: Path, tmp_path: Path
     assert results["metrics"]["validation"]["accuracy"] == 1.0
     assert results["train_config"]["recipe"] == "two-stage"
     assert [h["stage"] for h in results["history"]] == ["head"] * 2 + ["method"] * 25
+
+
+def test_the_two_stage_recipe_trains_the_head_alone_first(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Stage (a) moves the classifier only: the Hadamard W and b stay 1 and 0, its LayerNorms at the checkpoint's
+    values; stage (b) moves them too. Snapshots at each evaluation, the last of each stage compared."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from pelt.train import trainer as trainer_module
+
+    snapshots: dict[str, dict[str, torch.Tensor]] = {}
+    real = trainer_module._CheckpointCallback.on_evaluate
+
+    def snapshot(self, args, state, control, metrics=None, **kwargs):  # noqa: ANN001
+        snapshots[self.stage] = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        return real(self, args, state, control, metrics=metrics, **kwargs)
+    monkeypatch.setattr(trainer_module._CheckpointCallback, "on_evaluate", snapshot)
+    rows = separable_rows(32, seed=3)
+    data = write_sst2(tmp_path / "glue", rows, rows[:8])
+    config = TrainConfig(output_dir=str(tmp_path / "out"), epochs=1, learning_rate=5e-2, batch_size=8,
+                         recipe="two-stage", head_epochs=1, head_learning_rate=5e-2, warmup_steps=0, max_length=32)
+    finetune("sst2", pelt.make_config("hadamard"), config, model=str(tiny_model_dir), data_dir=data)
+    base = dict(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).named_parameters())
+    head = {n for n in snapshots["head"] if n.startswith("classifier.")}
+    hadamard = {n for n in snapshots["head"] if ".hadamard_" in n}
+    norms = {n for n in snapshots["head"] if n.endswith(("attention.output.LayerNorm.weight",
+                                                         "attention.output.LayerNorm.bias"))}
+    assert len(hadamard) == 2 * 3 and len(norms) == 2 * 3 and head == {"classifier.weight", "classifier.bias"}
+    after_a, after_b = snapshots["head"], snapshots["method"]
+    for name in hadamard:
+        start = torch.ones_like(after_a[name]) if name.endswith("weight") else torch.zeros_like(after_a[name])
+        assert torch.equal(after_a[name], start), f"stage (a) moved {name}"
+        assert not torch.equal(after_b[name], start), f"stage (b) left {name} at its init"
+    for name in norms:
+        assert torch.equal(after_a[name], base[name].detach()), f"stage (a) moved {name}"
+        assert not torch.equal(after_b[name], base[name].detach()), f"stage (b) left {name}"
+    for name in head:
+        assert not torch.equal(after_a[name], after_b[name]), f"stage (b) froze the head ({name})"
+    frozen = set(after_a) - hadamard - norms - head
+    assert all(torch.equal(after_b[n], base[n].detach()) for n in frozen if n in base), "a frozen weight moved"
