@@ -32,15 +32,11 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range
 
 def _tiny_options() -> dict[str, dict]:
     from pelt.methods import METHODS
-    from pelt.methods.adapters import BottleneckConfig
 
-    return {
-        name: {"bottleneck": 8, **({"drop_first": 1} if name == "adapterdrop" else {})}
-        for name, method in METHODS.items() if issubclass(method.config_class, BottleneckConfig)
-    } | {"prompt-tuning": {"num_tokens": 4}, "intrinsic-said": {"dim": 64}}
+    return {name: dict(method.small_model_options) for name, method in METHODS.items() if method.small_model_options}
 
 
-# Options that fit each method to the tiny models (hidden 32): a bottleneck n divides, few prompt tokens, small d'.
+# Options that fit each method to the tiny models (hidden 32), as each method declares them.
 TINY_OPTIONS = _tiny_options()
 
 

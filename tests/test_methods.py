@@ -107,12 +107,15 @@ def test_adapter_file_holds_only_what_was_trained(method: str, family: str, tmp_
         {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
 
 
-# Variants of a mergeable method whose merge arithmetic differs.
-MERGE_VARIANTS = {
-    "hadamard": [{"placement": "output"}, {"placement": "input"}],
-    "lora": [{"targets": ["query", "value", "attention_output", "ffn_input", "ffn_output"]}],
-}
-MERGEABLE = [(m, f, v) for m, f in CASES if get_method(m).mergeable for v in MERGE_VARIANTS.get(m, [{}])]
+# Every variant of a mergeable method whose merge arithmetic differs, as the method declares them.
+MERGEABLE = [(m, f, v) for m, f in CASES if get_method(m).mergeable for v in get_method(m).merge_variants]
+
+
+def test_every_merge_arithmetic_is_covered() -> None:
+    """Hadamard folds into W_o's rows (output) or columns (input); LoRA into any projection it targets."""
+    assert {m for m in METHOD_NAMES if get_method(m).mergeable} == {"hadamard", "lora", "ia3", "intrinsic-said"}
+    assert [v.get("placement") for v in get_method("hadamard").merge_variants] == ["output", "input"]
+    assert set(get_method("lora").merge_variants[0]["targets"]) >= {"query", "value", "ffn_input", "ffn_output"}
 
 
 @pytest.mark.parametrize("method,family,options", MERGEABLE)

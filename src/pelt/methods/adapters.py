@@ -174,6 +174,7 @@ class BottleneckMethod(Method):
     """Inject one adapter per chosen site; subclasses say how D and U are built."""
 
     init_output = "near"  # U f(D h) with small D, U: the change grows with the configured init std
+    small_model_options = {"bottleneck": 8}  # the default d/32 would be 1 on a 32-wide model
     default_learning_rate = 3e-4
 
     def make_shared(self, config: BottleneckConfig, factory: dict) -> SharedRule | None:
@@ -307,6 +308,7 @@ class AdapterDrop(BottleneckMethod):
     name = "adapterdrop"
     config_class = AdapterDropConfig
     description = "Houlsby adapters with none in the first N layers of each stack"
+    small_model_options = {"bottleneck": 8, "drop_first": 1}  # of 3 layers
 
 
 @dataclass

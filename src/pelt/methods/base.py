@@ -183,6 +183,11 @@ class Method:
     # (a small change set by the method's init std: the bottleneck family) or "changed" (prompt tuning adds
     # tokens). The generic test suite checks each method by its declaration.
     init_output: ClassVar[Literal["exact", "near", "changed"]] = "exact"
+    # Options that fit a small model (hidden 32, 3 layers per stack): what the generic test suite applies to its
+    # tiny models of every family (the defaults may need more width, e.g. a bottleneck of d/32).
+    small_model_options: ClassVar[dict[str, Any]] = {}
+    # Options whose merge arithmetic differs: each is merged and unmerged by the generic suite.
+    merge_variants: ClassVar[tuple[dict[str, Any], ...]] = ({},)
     default_learning_rate: ClassVar[float] = 1e-3
     # The learning rate of the method's source (the Compacter authors' configs where they ran it): what a sweep
     # centres on. None: the default.

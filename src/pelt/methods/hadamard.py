@@ -112,6 +112,7 @@ class Hadamard(Method):
     config_class = HadamardConfig
     merge_module = HadamardLinear
     two_stage = True
+    merge_variants = ({"placement": "output"}, {"placement": "input"})  # folded into W_o's rows or columns
     default_learning_rate = 5e-3
     description = "element-wise W ⊙ A + b on each self-attention output (Chen et al., 2023)"
 

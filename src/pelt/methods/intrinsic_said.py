@@ -157,6 +157,7 @@ class IntrinsicSAID(Method):
     config_class = IntrinsicSAIDConfig
     merge_module = SubspaceDelta
     default_learning_rate = 3e-2
+    small_model_options = {"dim": 64}
     description = "a d'-dim vector spread over all weights by Fastfood projections, λ per tensor (Aghajanyan et al.)"
     sharing_refusal = ("method 'intrinsic-said' changes every weight of the backbone, so its task cannot share a "
                        "backbone with other tasks; merge it into a model of its own (pelt.load_adapter, then "

@@ -135,6 +135,7 @@ class LoRA(Method):
     config_class = LoRAConfig
     merge_module = LoRALinear
     default_learning_rate = 5e-4
+    merge_variants = ({"targets": ["query", "value", "attention_output", "ffn_input", "ffn_output"]},)
     description = "low-rank updates (alpha/r)·BA of chosen projections (Hu et al., 2021)"
 
     def inject(self, model: nn.Module, config: MethodConfig, arch: ArchSpec) -> Injection:

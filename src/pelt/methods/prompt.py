@@ -157,6 +157,7 @@ class PromptTuning(Method):
     config_class = PromptTuningConfig
     default_learning_rate = 3e-2
     init_output = "changed"  # the prompt's tokens are part of the input from the start
+    small_model_options = {"num_tokens": 4}
 
     def reference_lr(self, config: MethodConfig) -> float:
         """The Compacter authors': 3e-2 for a random prompt (R), 3e-1 for one copied from the vocabulary (T)."""
