@@ -3,7 +3,7 @@
 On the bundled MiniLM, per method, side by side in one run (A B A B ...):
 
 - a training step (batch 32 × 128 random tokens: forward, backward, AdamW) without and with the divergence
-  guard's check (`pelt.core.non_finite_tensors` over the trained tensors, as `pelt train` runs it after every
+  guard's check (`pelt.adapter_files.non_finite_tensors` over the trained tensors, as `pelt train` runs it after every
   step up to 50M trained values);
 - saving and loading the method's adapter: the SHA-256 of the weights file pelt records on save and checks on
   load, against the whole save and load.
@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 import pelt  # noqa: E402
-from pelt.core import WEIGHTS_NAME, non_finite_tensors, read_adapter_tensors, weights_checksum  # noqa: E402
+from pelt.adapter_files import WEIGHTS_NAME, non_finite_tensors, read_adapter_tensors, weights_checksum  # noqa: E402
 from pelt.files import write_text_atomically  # noqa: E402
 from pelt.methods import make_config  # noqa: E402
 from pelt.models import load_pretrained  # noqa: E402

@@ -663,7 +663,7 @@ def test_every_shared_task_model_pools_over_its_own_mask(tiny_reference):
 
 def test_a_reference_trained_with_pooling_gets_a_base_model_that_pools_the_same(tiny_reference, tmp_path):
     from pelt.analysis.reference import load_reference_pair
-    from pelt.core import TokenPooling
+    from pelt.pooling import TokenPooling
 
     ref = tiny_reference
     tuned = pelt.apply_method(pelt.pipeline.load_task_model(pelt.tasks.get_task("sst2"), str(ref["model"]))[0],

@@ -25,7 +25,7 @@ from transformers import (  # noqa: E402
 )
 
 import pelt  # noqa: E402
-import pelt.core  # noqa: E402
+import pelt.adapter_files  # noqa: E402
 from conftest import assert_bad_input, run, separable_rows, write_sst2  # noqa: E402
 from pelt.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED  # noqa: E402
 from pelt.models import checkpoint_name  # noqa: E402
@@ -394,7 +394,7 @@ def test_pooling_replaces_the_pooler_and_survives_reload(capsys, tiny_model_dir,
     config = pelt.read_adapter_config(out_dir / "adapter")
     assert config["pooling"] == "mean" and config["trainable_parameters"] == TINY_METHOD_TOTAL + TINY_HEAD
     reloaded = pelt.load_adapter(fresh_tiny_model(tiny_model_dir), out_dir / "adapter")
-    assert isinstance(reloaded.bert.pooler, pelt.core.TokenPooling) and reloaded.bert.pooler.mode == "mean"
+    assert isinstance(reloaded.bert.pooler, pelt.pooling.TokenPooling) and reloaded.bert.pooler.mode == "mean"
     rc, out, err = run(capsys, "eval", "--adapter", out_dir / "adapter", "--data-dir", tiny_glue, "--json")
     assert rc == 0, err
     assert json_document(out)["validation"]["accuracy"] == pytest.approx(
@@ -450,7 +450,7 @@ def test_interrupt_while_saving_leaves_loadable_checkpoints(
     Saves happen after each evaluation: `last`, then `adapter` when the metric improved. The head stage's
     evaluation is the first, so save 1 is `last` and save 2 the first `adapter`; later saves overwrite.
     """
-    real_save_file = pelt.core.save_file
+    real_save_file = pelt.adapter_files.save_file
     calls: list[str] = []
 
     def interrupting_save_file(tensors, filename, *args, **kwargs):
@@ -460,7 +460,7 @@ def test_interrupt_while_saving_leaves_loadable_checkpoints(
             raise KeyboardInterrupt  # ...when Ctrl-C arrives
         return real_save_file(tensors, filename, *args, **kwargs)
 
-    monkeypatch.setattr(pelt.core, "save_file", interrupting_save_file)
+    monkeypatch.setattr(pelt.adapter_files, "save_file", interrupting_save_file)
     out_dir = tmp_path / "out"
     argv = train_args(tiny_model_dir, tiny_glue, out_dir)
     argv[argv.index("--epochs") + 1] = "3"

@@ -13,7 +13,7 @@ import torch
 from conftest import separable_rows, write_sst2
 from safetensors.torch import load_file
 
-from pelt.core import WEIGHTS_NAME
+from pelt.adapter_files import WEIGHTS_NAME
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

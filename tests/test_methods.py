@@ -22,7 +22,7 @@ from conftest import (
 
 import pelt
 from pelt.arch import head_module_names
-from pelt.core import CONFIG_NAME, WEIGHTS_NAME
+from pelt.adapter_files import CONFIG_NAME, WEIGHTS_NAME
 from pelt.methods import METHODS, get_method, make_config
 
 METHOD_NAMES = sorted(METHODS)

@@ -7,7 +7,7 @@ import torch
 from conftest import TINY_OPTIONS, model_output, tiny_inputs, tiny_model, with_padding
 
 import pelt
-from pelt.core import TokenPooling
+from pelt.pooling import TokenPooling
 from pelt.errors import PeltError
 
 

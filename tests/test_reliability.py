@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification
 
 import pelt
-import pelt.core
+import pelt.adapter_files
 from pelt.cli import EXIT_INTERRUPTED
 
 SRC = Path(pelt.__file__).resolve().parents[1]
@@ -268,7 +268,7 @@ def test_an_adapter_of_nan_values_is_refused_even_with_a_matching_checksum(capsy
     save_file({k: torch.full_like(v, math.nan) for k, v in load_file(str(weights)).items()}, str(weights))
     config_file = adapter / "adapter_config.json"
     config = json.loads(config_file.read_text())
-    config["weights_sha256"] = pelt.core.weights_checksum(weights)
+    config["weights_sha256"] = pelt.adapter_files.weights_checksum(weights)
     config_file.write_text(json.dumps(config))
     assert_bad_input(capsys, ["eval", "--adapter", adapter, "--data-dir", tiny_glue],
                      "tensors hold NaN or infinite values", "a diverged training")
@@ -372,7 +372,7 @@ def test_a_full_disk_with_overwrite_keeps_the_earlier_run(capsys, monkeypatch, t
     def full(tensors, filename, *args, **kwargs):
         Path(filename).write_bytes(b"\x00" * 8)
         raise OSError(errno.ENOSPC, "No space left on device", filename)
-    monkeypatch.setattr(pelt.core, "save_file", full)
+    monkeypatch.setattr(pelt.adapter_files, "save_file", full)
     assert_error_after_training_started(capsys, train_args(tiny_model_dir, tiny_glue, out, "--overwrite", "--seed", 7),
                                         "No space left on device", "free some space or write elsewhere")
     assert (out / "results.json").read_bytes() == before
@@ -383,7 +383,7 @@ def test_a_full_disk_with_overwrite_keeps_the_earlier_run(capsys, monkeypatch, t
 def test_an_interrupted_overwrite_puts_the_earlier_run_back(capsys, monkeypatch, tiny_model_dir, tiny_glue, tmp_path):
     out = tmp_path / "out"
     before = trained_run(capsys, tiny_model_dir, tiny_glue, out)
-    real = pelt.core.save_file
+    real = pelt.adapter_files.save_file
     calls = []
 
     def interrupt_second(tensors, filename, *args, **kwargs):
@@ -391,7 +391,7 @@ def test_an_interrupted_overwrite_puts_the_earlier_run_back(capsys, monkeypatch,
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(tensors, filename, *args, **kwargs)
-    monkeypatch.setattr(pelt.core, "save_file", interrupt_second)
+    monkeypatch.setattr(pelt.adapter_files, "save_file", interrupt_second)
     rc, _, err = run(capsys, *train_args(tiny_model_dir, tiny_glue, out, "--overwrite", "--seed", 7))
     assert rc == EXIT_INTERRUPTED
     assert f"{out} holds the run it held before" in err
@@ -657,7 +657,7 @@ def test_predict_output_under_a_file_names_the_file(capsys, tiny_model_dir, tmp_
 
 
 def test_non_finite_tensors_names_exactly_the_tensors_with_nan_or_infinity():
-    from pelt.core import non_finite_tensors
+    from pelt.adapter_files import non_finite_tensors
 
     tensors = {"fine": torch.ones(4), "huge": torch.full((10,), 3e38),  # its sum overflows, its values do not
                "nan": torch.tensor([1.0, math.nan]), "both_infinities": torch.tensor([math.inf, -math.inf]),

@@ -11,17 +11,8 @@
 
 __version__ = "0.1.0"
 
-from pelt.core import (  # noqa: E402
-    ParameterReport,
-    apply_method,
-    load_adapter,
-    merge,
-    parameter_report,
-    read_adapter_config,
-    save_adapter,
-    set_trainable,
-    unmerge,
-)
+from pelt.core import ParameterReport, apply_method, merge, parameter_report, set_trainable, unmerge  # noqa: E402
+from pelt.adapter_files import load_adapter, read_adapter_config, save_adapter  # noqa: E402
 from pelt.errors import PeltError, PeltWarning  # noqa: E402
 from pelt.methods import (  # noqa: E402
     AdapterConfig,

@@ -427,7 +427,7 @@ def _adapter_arguments(values: list[str]) -> dict[str, str]:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from pelt.core import read_adapter_config
+    from pelt.adapter_files import read_adapter_config
     from pelt.multitask import MultiTaskModel
     from pelt.multitask.model import adapter_task, shareable_method
     from pelt.multitask.predict import TASK_FIELD, check_example, read_examples, write_jsonl

@@ -176,7 +176,7 @@ def check_tokenizer_files(resolved: str) -> None:
 def check_loaded_weights(resolved: str, model: nn.Module, info: dict[str, Any]) -> None:
     """Only the task head may be new or resized: any other missing or mismatched tensor means the checkpoint's
     config disagrees with its weights, and the backbone would train from random values. A pooler may be new too
-    (RoBERTa's multiple-choice model has one its checkpoints lack): `pelt.core.default_pooling` then reads the
+    (RoBERTa's multiple-choice model has one its checkpoints lack): `pelt.pooling.default_pooling` then reads the
     token mean instead."""
     head = head_module_names(model)
     pooler = pooler_path(model)

@@ -16,14 +16,9 @@ import torch
 from torch import nn
 from transformers import set_seed
 
-from pelt.core import (
-    ParameterReport,
-    apply_method,
-    default_pooling,
-    load_adapter,
-    parameter_report,
-    read_adapter_config,
-)
+from pelt.core import ParameterReport, apply_method, parameter_report
+from pelt.pooling import default_pooling
+from pelt.adapter_files import load_adapter, read_adapter_config
 from pelt.arch import position_limit
 from pelt.errors import PeltError, PeltWarning
 from pelt.methods import MethodConfig, get_method
@@ -113,7 +108,7 @@ def finetune(
     take the task's protocol defaults. `on_start(report, config)` is called with the parameter report and the
     resolved configuration before training starts (the CLI prints them), `on_note(line)` with choices pelt made
     that the caller did not ask for. `pooling` is "cls", "mean", "pooler" (BERT's pooler as it is) or None: mean
-    pooling where the checkpoint's pooler was never trained, else the pooler (`pelt.core.default_pooling`).
+    pooling where the checkpoint's pooler was never trained, else the pooler (`pelt.pooling.default_pooling`).
     """
     spec = get_task(task)
     length_asked = train_config.max_length is not None

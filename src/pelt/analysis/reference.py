@@ -15,7 +15,8 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 from torch import nn
 
-from pelt.core import head_parameter_names, replace_pooler
+from pelt.core import head_parameter_names
+from pelt.pooling import replace_pooler
 from pelt.errors import PeltError
 from pelt.methods import FullConfig
 from pelt.pipeline import adapter_base_model, finetune, load_adapted, load_task_model

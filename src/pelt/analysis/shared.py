@@ -33,19 +33,9 @@ from transformers import get_linear_schedule_with_warmup, set_seed
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from pelt.arch import base_model, pooler_path
-from pelt.core import (
-    PeltState,
-    apply_method,
-    default_pooling,
-    head_parameter_names,
-    load_trained_weights,
-    parameter_report,
-    read_adapter_config,
-    read_adapter_tensors,
-    replace_pooler,
-    save_adapter,
-    set_trainable,
-)
+from pelt.core import PeltState, apply_method, head_parameter_names, parameter_report, set_trainable
+from pelt.pooling import default_pooling, replace_pooler
+from pelt.adapter_files import load_trained_weights, read_adapter_config, read_adapter_tensors, save_adapter
 from pelt.errors import PeltError
 from pelt.files import write_json
 from pelt.methods import MethodConfig, get_method

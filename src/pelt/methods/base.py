@@ -2,7 +2,7 @@
 
 A method is a config dataclass (its hyper-parameters, validated at construction) plus a `Method` object that
 injects modules into a model and says which parameters it trains. Freezing, the parameter report, save/load
-and merging live once, in `pelt.core`, and work for every registered method.
+and merging live once, in `pelt.core` and `pelt.adapter_files`, and work for every registered method.
 """
 
 from __future__ import annotations

@@ -37,13 +37,13 @@ from pelt.arch import (
     pooler_path,
     position_limit,
 )
-from pelt.core import (
-    PeltState,
+from pelt.core import PeltState
+from pelt.pooling import masked_mean
+from pelt.adapter_files import (
     adapter_method_config,
     apply_adapter_config,
     check_base_model,
     check_trained_tensors,
-    masked_mean,
     model_signature,
     read_adapter_config,
     read_adapter_tensors,

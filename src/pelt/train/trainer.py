@@ -24,7 +24,8 @@ from torch import nn
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from pelt import __version__
-from pelt.core import load_trained_weights, non_finite_tensors, parameter_report, save_adapter, set_trainable
+from pelt.core import parameter_report, set_trainable
+from pelt.adapter_files import load_trained_weights, non_finite_tensors, save_adapter
 from pelt.errors import PeltError
 from pelt.files import write_json
 from pelt.methods import get_method
