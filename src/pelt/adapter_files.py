@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +19,7 @@ from pelt import __version__
 from pelt.arch import base_model, head_module_names, iter_layers
 from pelt.core import _state, apply_method, check_model_argument, check_path_argument, count_parameters
 from pelt.errors import PeltError, PeltWarning
-from pelt.files import default_file_mode, strict_json
+from pelt.files import strict_json, write_folder_atomically
 from pelt.methods import MethodConfig, get_method
 from pelt.models import checkpoint_name
 from pelt.pooling import POOLINGS
@@ -45,30 +43,6 @@ def model_signature(model: nn.Module) -> dict[str, Any]:
         "num_labels": getattr(config, "num_labels", None),
         "base_params": base_params,
     }
-
-
-def _write_atomically(target: Path, write: Any) -> None:
-    """Write a folder next to `target`, then swap it in, so an interrupted save never damages what exists."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(staging)
-        mode = default_file_mode()
-        for file in staging.iterdir():  # on disk before the swap: a power cut cannot leave empty files behind
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-            file.chmod(mode)  # as a plain open() would make it (safetensors writes its file private)
-        staging.chmod(mode | (mode & 0o444) >> 2)  # as a plain mkdir would make it (mkdtemp's is private)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -133,7 +107,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, *, metadata: dict[st
         config[CHECKSUM_KEY] = weights_checksum(folder / WEIGHTS_NAME)
         (folder / CONFIG_NAME).write_text(strict_json(config, indent=2) + "\n")
 
-    _write_atomically(target, write)
+    write_folder_atomically(target, write)
     return target
 
 

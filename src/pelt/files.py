@@ -8,9 +8,10 @@ import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,31 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
             os.unlink(staged)
         raise
     return target
+
+
+def write_folder_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """`write(folder)` fills a folder beside `target`, which is then swapped in: an interrupted save never
+    damages what exists (cut between the two renames, the previous folder is `.<name>.old`)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(staging)
+        mode = default_file_mode()
+        for file in staging.iterdir():  # on disk before the swap: a power cut cannot leave empty files behind
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+            file.chmod(mode)  # as a plain open() would make it (safetensors writes its file private)
+        staging.chmod(mode | (mode & 0o444) >> 2)  # as a plain mkdir would make it (mkdtemp's is private)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, value: Any) -> Path:

@@ -44,7 +44,7 @@ from pelt.pipeline import adapter_base_model, finetune, fit_max_length, load_tas
 from pelt.tasks import TaskSpec, get_task, load_splits
 from pelt.train import TrainConfig, evaluate_model
 from pelt.train.run_folder import RESULTS_FILE, claim_run_folder
-from pelt.train.trainer import adapter_metadata
+from pelt.train.trainer import adapter_metadata, recipe_of
 from pelt.train.formulations import Formulation, formulation_for
 
 __all__ = ["adapter_similarity", "analyze_shared", "train_shared_adapter", "write_similarity_report"]
@@ -279,8 +279,7 @@ def train_shared_adapter(
                                     max_train_samples=limit, seed=split_seed))  # as finetune: the data's seed
         encoded = [f.encode(d["train"], training=True) for f, d in zip(formulations, data)]
         selection = [next(s for s in d if s != "train") for d in data]
-        learning_rate = config.learning_rate or get_method(method.method).default_learning_rate
-        two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and get_method(method.method).two_stage)
+        two_stage, learning_rate = recipe_of(config, method)
         info = run_info(model, data_dir, split_protocol, split_seed, max_train_samples)
         history: list[dict[str, Any]] = []
         best = {"score": -math.inf}

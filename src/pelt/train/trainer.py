@@ -28,7 +28,7 @@ from pelt.core import parameter_report, set_trainable
 from pelt.adapter_files import load_trained_weights, non_finite_tensors, save_adapter
 from pelt.errors import PeltError
 from pelt.files import write_json
-from pelt.methods import get_method
+from pelt.methods import MethodConfig, get_method
 from pelt.tasks import TaskSpec, protocol_defaults
 from pelt.train.formulations import Formulation
 from pelt.train.memory import PeakMemory
@@ -184,6 +184,14 @@ class _DivergenceGuard(TrainerCallback):
             self._stop(state.global_step, f"the training loss is {loss}")
 
 
+def recipe_of(config: TrainConfig, method: MethodConfig) -> tuple[bool, float]:
+    """(two-stage?, learning rate of the method stage): the config's, else the method's own recipe and rate.
+    Every training path (the Trainer's, the shared adapter's) decides them here."""
+    spec = get_method(method.method)
+    two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and spec.two_stage)
+    return two_stage, config.learning_rate or spec.default_learning_rate
+
+
 def _training_arguments(config: TrainConfig, formulation: Formulation, epochs: float, learning_rate: float,
                         extra: dict[str, Any]) -> TrainingArguments:
     warmup = config.warmup_ratio if config.warmup_ratio is not None else int(config.warmup_steps or 0)
@@ -256,9 +264,7 @@ def _train_in(output_dir: Path, model: nn.Module, formulation: Formulation, data
               run_info: dict[str, Any] | None) -> dict[str, Any]:
     task = formulation.task
     state = model.pelt_state
-    method = get_method(state.config.method)
-    two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and method.two_stage)
-    learning_rate = config.learning_rate or method.default_learning_rate
+    two_stage, learning_rate = recipe_of(config, state.config)
     eval_splits = _eval_splits(data)
 
     raw, encoded = _encode_all(formulation, data, config.max_eval_samples)
