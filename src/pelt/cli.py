@@ -97,10 +97,24 @@ def _common_model_args(parser: argparse.ArgumentParser) -> None:
 
 def _build_parser(method_name: str | None,
                   parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from pelt.methods import get_method, list_methods
-
     parser = parser_class(prog="pelt", description="parameter-efficient language-model tuning")
     sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub, method_name)
+    _eval_parser(sub)
+    _predict_parser(sub)
+    _params_parser(sub, method_name)
+    _methods_parser(sub)
+    _sweep_parser(sub)
+    _bench_parser(sub)
+    _report_parser(sub)
+    _add_analyze_parser(sub)
+    _tasks_parser(sub)
+    return parser
+
+
+def _train_parser(sub: Any, method_name: str | None) -> None:
+    """`pelt train`: a method on a task; each method's options become flags (`method_name`'s here)."""
+    from pelt.methods import get_method, list_methods
 
     # no abbreviations: `--se 7` would set --seed behind the back of a sweep that sets it for each run
     train = sub.add_parser("train", help="fine-tune a model with a method on a task", allow_abbrev=False)
@@ -150,6 +164,9 @@ def _build_parser(method_name: str | None,
     if method_name:
         _add_method_options(train, get_method(method_name).config_class)
 
+
+def _eval_parser(sub: Any) -> None:
+    """`pelt eval`: a saved adapter on its task's evaluation splits."""
     ev = sub.add_parser("eval", help="evaluate a saved adapter on a task")
     ev.add_argument("--adapter", required=True, help="adapter folder (adapter_config.json + adapter_model.safetensors)")
     _common_model_args(ev)
@@ -163,6 +180,9 @@ def _build_parser(method_name: str | None,
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
+
+def _predict_parser(sub: Any) -> None:
+    """`pelt predict`: answers of one or several adapters, the tasks mixed in each batch."""
     pred = sub.add_parser("predict", help="answers of one or several adapters on new examples, the tasks mixed in "
                                           "each batch on one backbone")
     pred.add_argument("--adapter", action="append", required=True, metavar="[NAME=]DIR",
@@ -181,6 +201,11 @@ def _build_parser(method_name: str | None,
     pred.add_argument("--num-beams", type=int, default=1, help="beam search width for T5 tasks (default 1: greedy)")
     pred.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
 
+
+def _params_parser(sub: Any, method_name: str | None) -> None:
+    """`pelt params`: the trainable-parameter table of a configuration and method."""
+    from pelt.methods import get_method
+
     params = sub.add_parser("params", help="trainable-parameter table for a model configuration and method")
     params.add_argument("--model", default=None,
                         help="known size (bert-base-uncased, t5-base, ...), a config.json or model folder, or a hub name")
@@ -190,8 +215,14 @@ def _build_parser(method_name: str | None,
     if method_name:
         _add_method_options(params, get_method(method_name).config_class)
 
+
+def _methods_parser(sub: Any) -> None:
+    """`pelt methods`."""
     sub.add_parser("methods", help="list the available methods")
 
+
+def _sweep_parser(sub: Any) -> None:
+    """`pelt sweep`: a resumable grid of `pelt train` runs."""
     sweep = sub.add_parser("sweep", help="run a grid of methods x tasks x learning rates x seeds (resumable)")
     sweep.add_argument("--grid-dir", required=True, help="where results.jsonl, the runs and the report go")
     sweep.add_argument("--methods", nargs="+", required=True,
@@ -225,6 +256,9 @@ def _build_parser(method_name: str | None,
                             "two runs per GPU); each run sees its own device alone")
     sweep.add_argument("--title", default=None, help="title of the report")
 
+
+def _bench_parser(sub: Any) -> None:
+    """`pelt bench`: the efficiency table, each method in its own process."""
     bench = sub.add_parser("bench", help="efficiency table: trained %%, step time, throughput, peak memory, "
                                          "largest batch in a memory budget, each method in its own process")
     bench.add_argument("--methods", nargs="+", required=True,
@@ -243,18 +277,21 @@ def _build_parser(method_name: str | None,
                        help="replace BERT's pooler by the [CLS] state or the token mean (as pelt train)")
     bench.add_argument("--output-dir", default=None, help="write efficiency.md and efficiency.json there")
 
+
+def _report_parser(sub: Any) -> None:
+    """`pelt report`: tables and figures of a grid."""
     report = sub.add_parser("report", help="tables and figures of a grid (written next to its results)")
     report.add_argument("--grid-dir", required=True)
     report.add_argument("--title", default=None)
 
-    _add_analyze_parser(sub)
 
+def _tasks_parser(sub: Any) -> None:
+    """`pelt tasks`: the tasks, their metrics and protocol defaults (and split sizes)."""
     tasks = sub.add_parser("tasks", help="list the tasks with their metrics and protocol defaults")
     tasks.add_argument("--data-dir", default=os.environ.get("PELT_DATA_DIR"),
                        help="also load each task found there and print its split sizes")
     _split_args(tasks, default="standard")
     tasks.add_argument("--task", action="append", default=None, help="only these tasks")
-    return parser
 
 
 def _add_analyze_parser(sub: Any) -> None:
