@@ -632,29 +632,19 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from pelt.files import make_writable_folder, strict_json, write_text_atomically
-    from pelt.harness.efficiency import efficiency_table, markdown
+    from functools import partial
+
+    from pelt.files import make_writable_folder
+    from pelt.harness.efficiency import efficiency_table, markdown, save_efficiency
 
     if args.output_dir is not None:  # before the first method is measured, not after
         make_writable_folder(args.output_dir, "--output-dir")
-
-    def table(rows: list[dict[str, Any]]) -> str:
-        return markdown(rows, memory_budget_mb=args.memory_budget_mb, epoch_examples=args.epoch_examples)
-
-    def save(rows: list[dict[str, Any]]) -> None:
-        """After each method, so that a bench stopped half-way keeps what it measured."""
-        if not args.output_dir:
-            return
-        folder = Path(args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        shown = [a for i, a in enumerate(args.argv)  # the output folder is where the table is, not how it was made
-                 if a != "--output-dir" and (i == 0 or args.argv[i - 1] != "--output-dir")]
-        command = " ".join(["pelt", *(a if a and " " not in a else repr(a) for a in shown)])
-        partial = "" if len(rows) == len(args.methods) else \
-            f"Partial: {len(rows)} of {len(args.methods)} methods measured so far.\n\n"
-        write_text_atomically(folder / "efficiency.md", f"Produced by `{command}`.\n\n{partial}{table(rows)}")
-        write_text_atomically(folder / "efficiency.json", strict_json(rows, indent=2) + "\n")
-
+    shown = [a for i, a in enumerate(args.argv)  # the output folder is where the table is, not how it was made
+             if a != "--output-dir" and (i == 0 or args.argv[i - 1] != "--output-dir")]
+    command = " ".join(["pelt", *(a if a and " " not in a else repr(a) for a in shown)])
+    table = partial(markdown, memory_budget_mb=args.memory_budget_mb, epoch_examples=args.epoch_examples)
+    save = partial(save_efficiency, args.output_dir, command=command, methods=len(args.methods), table=table) \
+        if args.output_dir else None
     rows = efficiency_table(args.methods, args.model, batch_size=args.batch_size, seq_len=args.seq_len,
                             steps=args.steps, warmup=args.warmup, memory_budget_mb=args.memory_budget_mb,
                             epoch_examples=args.epoch_examples, train_pooler=args.train_pooler,
@@ -751,25 +741,19 @@ def _analyze(args: argparse.Namespace) -> None:
 
 
 def _split_sizes(task: str, args: argparse.Namespace) -> str:
-    """Rows per split; when some files are missing, each split on its own so the present ones still show."""
-    from pelt.tasks import load_splits, protocol_splits
+    """Rows per split; a split that cannot load says why, the others still show."""
+    from pelt.tasks.data import split_sizes
 
-    try:
-        data = load_splits(task, args.data_dir, protocol=args.split_protocol, split_seed=args.split_seed)
-        return ", ".join(f"{split} {len(rows):,}" for split, rows in data.items())
-    except PeltError:
-        pass
     parts = []
-    for split in protocol_splits(task, args.split_protocol):
-        try:
-            data = load_splits(task, args.data_dir, protocol=args.split_protocol, split_seed=args.split_seed,
-                               splits=[split])
-            parts.append(f"{split} {len(data[split]):,}")
-        except PeltError as e:
-            if args.task:  # asked for by name: say exactly what is wrong
-                raise
-            missing = "not found" in str(e) or "neither" in str(e)
-            parts.append(f"{split} missing" if missing else f"{split} unreadable ({e})")
+    for split, size in split_sizes(task, args.data_dir, protocol=args.split_protocol,
+                                   split_seed=args.split_seed).items():
+        if isinstance(size, int):
+            parts.append(f"{split} {size:,}")
+        elif args.task:  # asked for by name: say exactly what is wrong
+            raise size
+        else:
+            missing = "not found" in str(size) or "neither" in str(size)
+            parts.append(f"{split} missing" if missing else f"{split} unreadable ({size})")
     return ", ".join(parts)
 
 

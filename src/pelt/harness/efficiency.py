@@ -15,11 +15,14 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pelt.errors import PeltError
@@ -210,6 +213,19 @@ def _ratios_to_full(rows: list[dict[str, Any]]) -> None:
         for key in ("ms_per_step", "peak_memory_mb", "examples_per_second", "largest_batch"):
             if full and key in row and full.get(key):
                 row[f"{key}_vs_full"] = round(row[key] / full[key], 3)
+
+
+def save_efficiency(folder: str | os.PathLike, rows: list[dict[str, Any]], *, command: str, methods: int,
+                    table: Callable[[list[dict[str, Any]]], str]) -> None:
+    """efficiency.md and efficiency.json, rewritten after each method, so that a bench stopped half-way keeps
+    what it measured (the table says how many of `methods` it holds)."""
+    from pelt.files import strict_json, write_text_atomically
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = "" if len(rows) == methods else f"Partial: {len(rows)} of {methods} methods measured so far.\n\n"
+    write_text_atomically(out / "efficiency.md", f"Produced by `{command}`.\n\n{partial}{table(rows)}")
+    write_text_atomically(out / "efficiency.json", strict_json(rows, indent=2) + "\n")
 
 
 def markdown(rows: list[dict[str, Any]], *, memory_budget_mb: float | None, epoch_examples: int | None) -> str:

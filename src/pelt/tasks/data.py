@@ -173,3 +173,22 @@ def load_splits(
     if max_train_samples is not None and "train" in result:
         result["train"] = _subsample(result["train"], spec, max_train_samples, seed)
     return result
+
+
+def split_sizes(task: TaskSpec | str, data_dir: str | os.PathLike | None = None, *,
+                protocol: SplitProtocol = "standard", split_seed: int = 42) -> dict[str, int | PeltError]:
+    """Rows per split under a protocol; a split that cannot load gives its error instead, so that the present
+    ones still count (a data folder with some tasks' dev files missing)."""
+    try:
+        data = load_splits(task, data_dir, protocol=protocol, split_seed=split_seed)
+        return {split: len(rows) for split, rows in data.items()}
+    except PeltError:
+        pass
+    sizes: dict[str, int | PeltError] = {}
+    for split in protocol_splits(task, protocol):
+        try:
+            sizes[split] = len(load_splits(task, data_dir, protocol=protocol, split_seed=split_seed,
+                                           splits=[split])[split])
+        except PeltError as e:
+            sizes[split] = e
+    return sizes
