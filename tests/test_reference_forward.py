@@ -14,7 +14,8 @@ the sites named here, from the trained tensors read by name (../shared/docs/meth
 - prompt tuning: the prompt's vectors inserted into the word embeddings (after [CLS] on encoders, first on T5),
   the attention mask widened by ones.
 
-Intrinsic-SAID's Fastfood projection is checked by its own tests (tests/test_baselines.py).
+Intrinsic-SAID: every backbone tensor moved by λ_i · P_i(z), linear in z, one λ per tensor (the Fastfood
+projection itself is checked in tests/test_baselines.py).
 """
 
 from __future__ import annotations
@@ -284,3 +285,54 @@ def test_the_trained_set_is_the_one_the_paper_names(method: str, family: str) ->
     expected = expected_trained(method, family)
     assert trained - shared == expected, (f"trains too much: {sorted(trained - shared - expected)[:4]}; "
                                           f"misses: {sorted(expected - trained)[:4]}")
+
+
+def _effective_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parametrized tensor as the model reads it (θ⁰ + its delta)."""
+    import torch.nn.utils.parametrize as parametrize
+
+    weights = {}
+    for path, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for name in module.parametrizations:
+                weights[f"{path}.{name}"] = getattr(module, name).detach().clone()
+    return weights
+
+
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_intrinsic_said_moves_every_tensor_by_its_scale_times_a_linear_projection(family: str) -> None:
+    """θ_i = θ_i⁰ + λ_i · P_i(z): the tensors moved are the backbone's (the pooler and head apart), each move is
+    linear in z and proportional to that tensor's λ_i alone."""
+    model = pelt.apply_method(tiny_model(family), make_config("intrinsic-said", **TINY_OPTIONS["intrinsic-said"]))
+    base = {n: p.detach() for n, p in tiny_model(family).named_parameters()}
+    z_name, scales_name = sorted(model.pelt_state.added)  # ...intrinsic, ...scales
+    z, scales = model.get_parameter(z_name), model.get_parameter(scales_name)
+    tied = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}  # T5's shared.weight
+    at_zero = {n: w for n, w in _effective_weights(model).items() if n not in tied}
+    backbone = {n for n in base if not n.startswith(("classifier.", "bert.pooler."))}
+    assert set(at_zero) == backbone
+    assert len(at_zero) == scales.numel()  # one λ per projected tensor
+    assert all(torch.equal(at_zero[n], base[n]) for n in at_zero)  # z = 0: the base model
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(z.shape, generator=g), torch.randn(z.shape, generator=g)
+    lam = torch.rand(scales.shape, generator=g) + 0.5
+
+    def moves(vector: torch.Tensor, factors: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            z.copy_(vector)
+            scales.copy_(factors)
+        return {n: w - at_zero[n] for n, w in _effective_weights(model).items() if n in at_zero}
+
+    one, two, both = moves(z1, lam), moves(z2, lam), moves(z1 + z2, lam)
+    doubled = moves(2 * z1, lam)
+    for name in one:
+        torch.testing.assert_close(both[name], one[name] + two[name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(doubled[name], 2 * one[name], atol=1e-5, rtol=1e-4)
+    assert all(one[n].abs().sum() > 0 for n in one), "a projected tensor did not move"
+    j = scales.numel() // 2  # tensor j's scale doubled, the others' unchanged
+    changed = lam.clone()
+    changed[j] *= 2
+    again = moves(z1, changed)
+    moved = [n for n in one if not torch.allclose(again[n], one[n], atol=1e-7)]
+    assert len(moved) == 1
+    torch.testing.assert_close(again[moved[0]], 2 * one[moved[0]], atol=1e-5, rtol=1e-4)
