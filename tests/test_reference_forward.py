@@ -184,6 +184,23 @@ def test_bottleneck_adapters_add_u_f_d_h_at_their_sublayers(method: str, family:
     assert_same_logits(model, reference, family, what=method)
 
 
+@pytest.mark.parametrize("family", ["bert", "t5"])
+@pytest.mark.parametrize("phm_path", ["factored", "materialized"])
+@pytest.mark.parametrize("method", ["phm-adapter", "compacter", "compacter++"])
+def test_both_phm_paths_compute_the_formula(method: str, phm_path: str, family: str) -> None:
+    """The factored product (chosen on larger shapes) and the materialized matrix, each against Σ A_i ⊗ B_i."""
+    model, reference, trained, config = adapted_and_reference(method, family, phm_path=phm_path)
+    roles, first = BOTTLENECK_SITES[method]
+    shared = [t for n, t in trained.items() if n.endswith("phm_rule") and ".adapter." not in n]
+    for site in (layer[role] for layer in layers(family) for role in roles):
+        down = dense(trained, f"{site}.adapter.down", shared[0] if shared else None)
+        up = dense(trained, f"{site}.adapter.up", shared[0] if shared else None)
+        b_down, b_up = trained[f"{site}.adapter.down.bias"], trained[f"{site}.adapter.up.bias"]
+        on_output(reference.get_submodule(site),
+                  lambda h, x, d=down, u=up, bd=b_down, bu=b_up: h + gelu_tanh(h @ d.T + bd) @ u.T + bu)
+    assert_same_logits(model, reference, family, what=f"{method} ({phm_path})")
+
+
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_bitfit_trains_biases_only(family: str) -> None:
     model, reference, trained, _ = adapted_and_reference("bitfit", family)

@@ -42,8 +42,8 @@ def test_the_two_stage_recipe_trains_the_head_alone_first(tiny_model_dir: Path, 
     rows = separable_rows(32, seed=3)
     data = write_sst2(tmp_path / "glue", rows, rows[:8])
     config = TrainConfig(output_dir=str(tmp_path / "out"), epochs=1, learning_rate=5e-2, batch_size=8,
-                         recipe="two-stage", head_epochs=1, head_learning_rate=5e-2, warmup_steps=0, max_length=32)
-    finetune("sst2", pelt.make_config("hadamard"), config, model=str(tiny_model_dir), data_dir=data)
+                         recipe="auto", head_epochs=1, head_learning_rate=5e-2, warmup_steps=0, max_length=32)
+    finetune("sst2", pelt.make_config("hadamard"), config, model=str(tiny_model_dir), data_dir=data)  # its default
     base = dict(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).named_parameters())
     head = {n for n in snapshots["head"] if n.startswith("classifier.")}
     hadamard = {n for n in snapshots["head"] if ".hadamard_" in n}
@@ -62,3 +62,13 @@ def test_the_two_stage_recipe_trains_the_head_alone_first(tiny_model_dir: Path, 
         assert not torch.equal(after_a[name], after_b[name]), f"stage (b) froze the head ({name})"
     frozen = set(after_a) - hadamard - norms - head
     assert all(torch.equal(after_b[n], base[n].detach()) for n in frozen if n in base), "a frozen weight moved"
+
+
+def test_only_the_hadamard_adapter_trains_in_two_stages_by_default(tmp_path: Path) -> None:
+    from pelt.methods import METHODS
+    from pelt.train.trainer import recipe_of
+
+    auto = TrainConfig(output_dir=str(tmp_path))
+    assert {m for m in METHODS if recipe_of(auto, pelt.make_config(m))[0]} == {"hadamard"}
+    assert recipe_of(TrainConfig(output_dir=str(tmp_path), recipe="two-stage"), pelt.make_config("lora"))[0]
+    assert recipe_of(TrainConfig(output_dir=str(tmp_path), learning_rate=0.02), pelt.make_config("lora"))[1] == 0.02
