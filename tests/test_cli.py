@@ -619,5 +619,7 @@ def test_a_local_base_model_is_recorded_by_its_absolute_path(tmp_path, monkeypat
 
     (tmp_path / "models" / "mine").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    assert run_info("models/mine", None, "standard", 42, None)["model"] == str(tmp_path / "models" / "mine")
-    assert run_info("bert-base-uncased", None, "standard", 42, None)["model"] == "bert-base-uncased"  # a hub name
+    from pelt.run_settings import RunSettings
+
+    assert run_info(RunSettings(model="models/mine"))["model"] == str(tmp_path / "models" / "mine")
+    assert run_info(RunSettings(model="bert-base-uncased"))["model"] == "bert-base-uncased"  # a hub name

@@ -72,3 +72,21 @@ def test_only_the_hadamard_adapter_trains_in_two_stages_by_default(tmp_path: Pat
     assert {m for m in METHODS if recipe_of(auto, pelt.make_config(m))[0]} == {"hadamard"}
     assert recipe_of(TrainConfig(output_dir=str(tmp_path), recipe="two-stage"), pelt.make_config("lora"))[0]
     assert recipe_of(TrainConfig(output_dir=str(tmp_path), learning_rate=0.02), pelt.make_config("lora"))[1] == 0.02
+
+
+def test_run_settings_take_keyword_fields_and_refuse_unknown_ones(tmp_path: Path) -> None:
+    from pelt.errors import PeltError
+    from pelt.run_settings import RunSettings, run_settings
+
+    base = RunSettings(model="m", split_protocol="compacter")
+    assert run_settings(base, {"split_seed": 7}) == RunSettings(model="m", split_protocol="compacter", split_seed=7)
+    assert run_settings(None, {}, split_protocol="compacter").split_protocol == "compacter"  # the caller's default
+    assert run_settings(None, {"split_protocol": "standard"}, split_protocol="compacter").split_protocol == "standard"
+    assert RunSettings(max_train_samples={"sst2": 30}).train_size("sst2") == 30
+    assert RunSettings(max_train_samples={"sst2": 30}).train_size("rte") is None
+    try:
+        finetune("sst2", pelt.make_config("hadamard"), TrainConfig(output_dir=str(tmp_path)), modle="typo")
+    except PeltError as e:
+        assert "unknown run setting(s) modle" in str(e)
+    else:
+        raise AssertionError("an unknown run setting was accepted")

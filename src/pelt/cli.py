@@ -386,6 +386,15 @@ def _train_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _run_settings(args: argparse.Namespace) -> Any:
+    """`pelt train`'s flags of where the model and data come from, as the pipeline takes them."""
+    from pelt.run_settings import RunSettings
+
+    return RunSettings(model=args.model, data_dir=args.data_dir, max_train_samples=args.max_train_samples,
+                       train_pooler=args.train_pooler, pooling=args.pooling, split_protocol=args.split_protocol,
+                       split_seed=args.split_seed)
+
+
 def _train(args: argparse.Namespace) -> None:
     from pelt.pipeline import finetune
     from pelt.train import TrainConfig
@@ -404,10 +413,8 @@ def _train(args: argparse.Namespace) -> None:
 
     try:
         with sigterm_as_interrupt():  # `timeout`, a scheduler: stop as on Ctrl-C, and put an earlier run back
-            results = finetune(args.task, method, config, model=args.model, data_dir=args.data_dir,
-                               max_train_samples=args.max_train_samples, train_pooler=args.train_pooler,
-                               pooling=args.pooling, split_protocol=args.split_protocol, split_seed=args.split_seed,
-                               on_start=show, on_note=lambda line: print(f"pelt: {line}", flush=True))
+            results = finetune(args.task, method, config, _run_settings(args), on_start=show,
+                               on_note=lambda line: print(f"pelt: {line}", flush=True))
     except KeyboardInterrupt:
         if args.overwrite and (Path(args.output_dir) / "results.json").is_file():
             where = (f"{args.output_dir} holds the run it held before (--overwrite replaces it only once the new "
@@ -731,10 +738,13 @@ def _analyze(args: argparse.Namespace) -> None:
             train_args = _build_parser(args.method, _RaisingParser).parse_args(train_argv)
         except PeltError as e:
             raise PeltError(f"--train-args: {e}") from None
+        from pelt.run_settings import RunSettings
+
+        settings = RunSettings(model=args.model, data_dir=args.data_dir, max_train_samples=sizes or None,
+                               train_pooler=train_args.train_pooler, pooling=train_args.pooling,
+                               split_protocol=args.split_protocol)
         print(analysis.analyze_shared(args.tasks, _method_config(train_args, args.method), _train_config(train_args),
-                                      out, model=args.model, data_dir=args.data_dir, max_train_samples=sizes or None,
-                                      train_pooler=train_args.train_pooler, pooling=train_args.pooling,
-                                      split_protocol=args.split_protocol))
+                                      out, settings))
     else:
         adapters = _named_values(args.adapters, "--adapters", number=False)
         print(analysis.write_similarity_report(analysis.adapter_similarity(adapters), out))

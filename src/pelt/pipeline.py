@@ -24,6 +24,7 @@ from pelt.errors import PeltError, PeltWarning
 from pelt.methods import MethodConfig, get_method
 from pelt.models import build_model_from_config, is_seq2seq, load_config, load_pretrained, resolve_model
 from pelt.tasks import TaskSpec, get_task, load_splits, protocol_splits
+from pelt.run_settings import RunSettings, run_settings
 from pelt.tasks.data import SplitProtocol
 from pelt.tasks.spec import DEFAULT_MAX_LENGTH
 from pelt.train import TrainConfig, evaluate_model, formulation_for, train_model
@@ -91,49 +92,46 @@ def finetune(
     task: str,
     method: MethodConfig,
     train_config: TrainConfig,
+    settings: RunSettings | None = None,
     *,
-    model: str | None = None,
-    data_dir: str | os.PathLike | None = None,
-    max_train_samples: int | None = None,
-    train_pooler: bool = False,
-    pooling: str | None = None,
-    split_protocol: SplitProtocol = "standard",
-    split_seed: int = 42,
     on_start: Any = None,
     on_note: Any = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Load a base model, apply `method`, train on `task`, and return the results (also in results.json).
 
     Encoders train the task's encoder formulation, T5 text to text. Unset hyper-parameters of `train_config`
-    take the task's protocol defaults. `on_start(report, config)` is called with the parameter report and the
-    resolved configuration before training starts (the CLI prints them), `on_note(line)` with choices pelt made
-    that the caller did not ask for. `pooling` is "cls", "mean", "pooler" (BERT's pooler as it is) or None: mean
-    pooling where the checkpoint's pooler was never trained, else the pooler (`pelt.pooling.default_pooling`).
+    take the task's protocol defaults. Where the model and data come from is `settings` (or its fields as keyword
+    arguments: `model=`, `data_dir=`, `max_train_samples=`, `train_pooler=`, `pooling=`, `split_protocol=`,
+    `split_seed=`). `on_start(report, config)` is called with the parameter report and the resolved configuration
+    before training starts (the CLI prints them), `on_note(line)` with choices pelt made that the caller did not
+    ask for. `pooling` is "cls", "mean", "pooler" (BERT's pooler as it is) or None: mean pooling where the
+    checkpoint's pooler was never trained, else the pooler (`pelt.pooling.default_pooling`).
     """
+    run = run_settings(settings, fields)
     spec = get_task(task)
     length_asked = train_config.max_length is not None
     train_config = train_config.for_task(spec)
-    _model_kind(spec, model)  # a model that cannot be found fails before any data is read
+    _model_kind(spec, run.model)  # a model that cannot be found fails before any data is read
     with claim_run_folder(train_config.output_dir, overwrite=train_config.overwrite):
         # the subsample follows the data's seed: every training seed of a grid sees the same examples
-        data = load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,
-                           max_train_samples=max_train_samples, seed=split_seed)
+        data = load_splits(spec, run.data_dir, protocol=run.split_protocol, split_seed=run.split_seed,
+                           max_train_samples=run.train_size(spec.name), seed=run.split_seed)
         set_seed(train_config.seed)
-        base, tokenizer = load_task_model(spec, model)
-        chosen = default_pooling(base, pooling, train_pooler)
-        if chosen != pooling and pooling is None and on_note:
+        base, tokenizer = load_task_model(spec, run.model)
+        chosen = default_pooling(base, run.pooling, run.train_pooler)
+        if chosen != run.pooling and run.pooling is None and on_note:
             on_note("pooling mean: this checkpoint's pooler was never trained (its bias is all zeros), so the "
                     "classifier reads the mean of the tokens' states and no pooler is stored per task; --pooling "
                     "pooler keeps it as it is, --train-pooler trains it")
-        apply_method(base, method, train_pooler=train_pooler, pooling=chosen)
+        apply_method(base, method, train_pooler=run.train_pooler, pooling=chosen)
         train_config = fit_max_length(base, train_config, asked=length_asked, on_note=on_note)
         formulation = formulation_for(spec, base.config, tokenizer, train_config.max_length,
                                       target_style=train_config.target_style, task_prefix=train_config.task_prefix)
         report = parameter_report(base)
         if on_start:
             on_start(report, train_config)
-        info = run_info(model, data_dir, split_protocol, split_seed, max_train_samples)
-        return train_model(base, formulation, data, train_config, run_info=info)
+        return train_model(base, formulation, data, train_config, run_info=run_info(run))
 
 
 MIN_CUT_LENGTH = 16  # a default cut to fewer tokens would leave room for little more than the special tokens
@@ -158,18 +156,18 @@ def fit_max_length(model: nn.Module, config: TrainConfig, *, asked: bool, on_not
     return config
 
 
-def run_info(model: str | None, data_dir: str | os.PathLike | None, split_protocol: str, split_seed: int,
-             max_train_samples: int | None) -> dict[str, Any]:
+def run_info(settings: RunSettings) -> dict[str, Any]:
     """Where a run's model and data came from and what it ran on: recorded in its results and adapters."""
+    model, data_dir = settings.model, settings.data_dir
     return {
         # a local folder as an absolute path: `pelt eval` finds it from any working directory
         "model": resolve_model(model) if model is None else str(Path(model).resolve()) if Path(model).exists()
         else str(model),
         "model_label": "all-MiniLM-L6-v2 (bundled)" if model is None else str(model),
         "data_dir": str(data_dir) if data_dir else "hub",
-        "split_protocol": split_protocol,
-        "split_seed": split_seed,
-        "max_train_samples": max_train_samples,
+        "split_protocol": settings.split_protocol,
+        "split_seed": settings.split_seed,
+        "max_train_samples": settings.max_train_samples,
         "device": f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available()
         else f"cpu ({os.cpu_count()} cores, {platform.machine()})",
         "torch_threads": torch.get_num_threads(),

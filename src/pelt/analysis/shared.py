@@ -41,6 +41,7 @@ from pelt.files import write_json
 from pelt.methods import MethodConfig, get_method
 from pelt.models import checkpoint_name
 from pelt.pipeline import adapter_base_model, finetune, fit_max_length, load_task_model, run_info
+from pelt.run_settings import RunSettings, run_settings
 from pelt.tasks import TaskSpec, get_task, load_splits
 from pelt.train import TrainConfig, evaluate_model
 from pelt.train.run_folder import RESULTS_FILE, claim_run_folder
@@ -247,26 +248,25 @@ def train_shared_adapter(
     tasks: list[str],
     method: MethodConfig,
     train_config: TrainConfig,
+    settings: RunSettings | None = None,
     *,
-    model: str | None = None,
-    data_dir: str | os.PathLike | None = None,
-    max_train_samples: dict[str, int] | int | None = None,
-    train_pooler: bool = False,
-    pooling: str | None = None,
-    split_protocol: str = "compacter",
-    split_seed: int = 42,
     log: Any = print,
+    **fields: Any,
 ) -> dict[str, Any]:
     """Train one adapter on every task in `tasks` (heads separate); keep the epoch with the best mean validation
     score; write each task's adapter to `<output_dir>/<task>/adapter` and results.json to `output_dir`.
-    Unset protocol settings (epochs, batch size, length, warm-up) take the first task's defaults."""
+    Unset protocol settings (epochs, batch size, length, warm-up) take the first task's defaults. `settings` (or
+    its fields as keyword arguments) as `pelt.pipeline.finetune` takes them; the split protocol defaults to the
+    Compacter paper's."""
+    run = run_settings(settings, fields, split_protocol="compacter")
     specs = _shared_tasks(tasks)
     config = train_config.for_task(specs[0])
     out = Path(config.output_dir)
     # one run at a time in the folder; with overwrite, results.json and every task's adapter are replaced together
     with claim_run_folder(out, overwrite=config.overwrite, parts=(RESULTS_FILE, *(spec.name for spec in specs))):
         set_seed(config.seed)
-        models, tokenizer = shared_models(specs, method, model, train_pooler=train_pooler, pooling=pooling)
+        models, tokenizer = shared_models(specs, method, run.model, train_pooler=run.train_pooler,
+                                          pooling=run.pooling)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         for task_model in models:
             task_model.to(device)
@@ -274,13 +274,13 @@ def train_shared_adapter(
         formulations = [formulation_for(spec, m.config, tokenizer, config.max_length) for spec, m in zip(specs, models)]
         data: list[DatasetDict] = []
         for spec in specs:
-            limit = max_train_samples.get(spec.name) if isinstance(max_train_samples, dict) else max_train_samples
-            data.append(load_splits(spec, data_dir, protocol=split_protocol, split_seed=split_seed,  # type: ignore[arg-type]
-                                    max_train_samples=limit, seed=split_seed))  # as finetune: the data's seed
+            data.append(load_splits(spec, run.data_dir, protocol=run.split_protocol,  # type: ignore[arg-type]
+                                    split_seed=run.split_seed, max_train_samples=run.train_size(spec.name),
+                                    seed=run.split_seed))  # as finetune: the data's seed
         encoded = [f.encode(d["train"], training=True) for f, d in zip(formulations, data)]
         selection = [next(s for s in d if s != "train") for d in data]
         two_stage, learning_rate = recipe_of(config, method)
-        info = run_info(model, data_dir, split_protocol, split_seed, max_train_samples)
+        info = run_info(run)
         history: list[dict[str, Any]] = []
         best = {"score": -math.inf}
         started = time.perf_counter()
@@ -355,7 +355,7 @@ def train_shared_adapter(
             "tasks": [s.name for s in specs], "method": method.method, "method_config": method.to_dict(),
             "train_config": {**asdict(config), "learning_rate": learning_rate,
                              "recipe": "two-stage" if two_stage else "joint"},
-            "split_protocol": split_protocol, "best_epoch": best.get("epoch"), "history": history,
+            "split_protocol": run.split_protocol, "best_epoch": best.get("epoch"), "history": history,
             "metrics": {spec.name: m for spec, m in zip(specs, final)},
             "main_metrics": {spec.name: spec.main_metric for spec in specs},
             "parameters": {"shared": report.method_total, "heads": heads, "base_params": report.base_params,
@@ -376,16 +376,13 @@ def analyze_shared(
     method: MethodConfig,
     train_config: TrainConfig,
     output_dir: str | os.PathLike,
-    *,
-    model: str | None = None,
-    data_dir: str | os.PathLike | None = None,
-    max_train_samples: dict[str, int] | int | None = None,
-    train_pooler: bool = False,
-    pooling: str | None = None,
-    split_protocol: str = "compacter",
+    settings: RunSettings | None = None,
+    **fields: Any,
 ) -> Path:
     """Per-task adapters and one shared adapter, trained with the same settings (each skipped when its results
-    are already there), their similarity, and shared.md comparing scores and stored parameters."""
+    are already there), their similarity, and shared.md comparing scores and stored parameters. `settings` (or its
+    fields) as `train_shared_adapter` takes them."""
+    run = run_settings(settings, fields, split_protocol="compacter")
     out = Path(output_dir)
     per_task: dict[str, dict[str, Any]] = {}
     runs = out / "runs"  # trained weights and full results (with this machine's paths) stay out of the report
@@ -393,17 +390,12 @@ def analyze_shared(
         name = spec.name
         folder = runs / "per_task" / name
         if not (folder / "results.json").is_file():
-            limit = max_train_samples.get(name) if isinstance(max_train_samples, dict) else max_train_samples
             # an unfinished run there (no results.json) is this function's own: replaced
-            finetune(name, method, replace(train_config, output_dir=str(folder), overwrite=True), model=model,
-                     data_dir=data_dir, max_train_samples=limit, train_pooler=train_pooler, pooling=pooling,
-                     split_protocol=split_protocol)  # type: ignore[arg-type]
+            finetune(name, method, replace(train_config, output_dir=str(folder), overwrite=True), run)
         per_task[name] = json.loads((folder / "results.json").read_text())
     shared_folder = runs / "shared"
     if not (shared_folder / "results.json").is_file():
-        train_shared_adapter(tasks, method, replace(train_config, output_dir=str(shared_folder), overwrite=True),
-                             model=model, data_dir=data_dir, max_train_samples=max_train_samples,
-                             train_pooler=train_pooler, pooling=pooling, split_protocol=split_protocol)
+        train_shared_adapter(tasks, method, replace(train_config, output_dir=str(shared_folder), overwrite=True), run)
     shared = json.loads((shared_folder / "results.json").read_text())
     similarity = adapter_similarity({t: runs / "per_task" / t / "adapter" for t in per_task})
     write_similarity_report(similarity, out)
