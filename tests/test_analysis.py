@@ -631,6 +631,34 @@ def test_shared_adapter_trains_one_adapter_for_two_tasks(tiny_reference, tmp_pat
         assert metrics["validation"] == pytest.approx(results["metrics"][task]["validation"])
 
 
+def test_the_shared_adapter_trains_the_head_alone_first(tiny_reference, tmp_path, monkeypatch):
+    """The shared path runs the same recipe as one task's: after stage (a) only the heads have moved, after
+    stage (b) the shared Hadamard adapter has too; frozen weights never move."""
+    from pelt.train import interleaved
+
+    snapshots: dict[str, dict[str, torch.Tensor]] = {}
+    real = interleaved._AtEpochEnd.on_epoch_end
+
+    def snapshot(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        snapshots[self.stage.name] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return real(self, args, state, control, model=model, **kwargs)
+    monkeypatch.setattr(interleaved._AtEpochEnd, "on_epoch_end", snapshot)
+    config = pelt.train.TrainConfig(output_dir=str(tmp_path / "shared"), epochs=1, batch_size=8, learning_rate=5e-2,
+                                    warmup_steps=0, head_epochs=1, head_learning_rate=5e-2)
+    analysis.train_shared_adapter(["sst2", "cola"], pelt.HadamardConfig(), config, model=str(tiny_reference["model"]),
+                                  data_dir=tiny_reference["data"], split_protocol="standard", log=lambda line: None)
+    after_a, after_b = snapshots["head"], snapshots["method"]
+    heads = {n for n in after_a if n.endswith(("classifier.weight", "classifier.bias"))}
+    hadamard = {n for n in after_a if ".hadamard_" in n}
+    assert len(heads) == 4 and len(hadamard) == 2 * LAYERS  # two tasks' heads, one adapter (shared names once)
+    for name in hadamard:
+        start = torch.ones_like(after_a[name]) if name.endswith("weight") else torch.zeros_like(after_a[name])
+        assert torch.equal(after_a[name], start), f"stage (a) moved {name}"
+        assert not torch.equal(after_b[name], start), f"stage (b) left {name} at its init"
+    for name in heads:
+        assert not torch.equal(after_a[name], after_b[name]), f"stage (b) froze {name}"
+
+
 def test_shared_adapter_with_mean_pooling_stores_classifiers_only(tiny_reference, tmp_path):
     """Every task's model pools with its own mask (the second task's backbone object carries the hook too): the
     saved adapters, rebuilt by `pelt eval`, score exactly as training measured."""

@@ -74,6 +74,37 @@ def test_only_the_hadamard_adapter_trains_in_two_stages_by_default(tmp_path: Pat
     assert recipe_of(TrainConfig(output_dir=str(tmp_path), learning_rate=0.02), pelt.make_config("lora"))[1] == 0.02
 
 
+def test_the_recipe_stages_in_order_with_their_learning_rates(tmp_path: Path) -> None:
+    from pelt.train.trainer import recipe_stages
+
+    config = TrainConfig(output_dir=str(tmp_path), epochs=3, head_epochs=2, head_learning_rate=1e-2)
+    stages = [(s.name, s.epochs, s.learning_rate, s.trains_method)
+              for s in recipe_stages(config, pelt.make_config("hadamard"))]
+    assert stages == [("head", 2, 1e-2, False), ("method", 3, 5e-3, True)]  # the Hadamard adapter's own rate
+    no_head = recipe_stages(config, pelt.make_config("hadamard"), has_head=False)  # text to text
+    assert [(s.name, s.learning_rate) for s in no_head] == [("method", 5e-3)]
+    joint = recipe_stages(TrainConfig(output_dir=str(tmp_path), epochs=1, learning_rate=0.02), pelt.make_config("lora"))
+    assert [(s.name, s.epochs, s.learning_rate) for s in joint] == [("method", 1, 0.02)]
+
+
+def test_interleaved_batches_hold_one_task_each_and_every_example_once_an_epoch() -> None:
+    from pelt.train.interleaved import _TaskBatches
+
+    lengths = [[5, 9, 3, 7, 4], [2, 8, 6]]  # task 0: examples 0-4, task 1: examples 5-7 of the joined dataset
+    batches = _TaskBatches(lengths, batch_size=2, seed=0)
+    assert len(batches) == 3 + 2
+    orders = []
+    for _ in range(3):
+        epoch = list(batches)
+        assert len(epoch) == 5
+        assert sorted(i for batch in epoch for i in batch) == list(range(8))
+        assert all(set(batch) <= {0, 1, 2, 3, 4} or set(batch) <= {5, 6, 7} for batch in epoch), epoch
+        orders.append(epoch)
+    assert orders[0] != orders[1] or orders[1] != orders[2]  # shuffled anew each epoch
+    tasks_first = [0 if batch[0] < 5 else 1 for batch in orders[0]]
+    assert tasks_first.count(0) == 3 and tasks_first.count(1) == 2  # in proportion to the tasks' sizes
+
+
 def test_run_settings_take_keyword_fields_and_refuse_unknown_ones(tmp_path: Path) -> None:
     from pelt.errors import PeltError
     from pelt.run_settings import RunSettings, run_settings

@@ -17,7 +17,6 @@ import itertools
 import json
 import math
 import os
-import random
 import re
 import statistics
 import time
@@ -28,12 +27,10 @@ from typing import Any
 import torch
 from datasets import DatasetDict
 from torch import nn
-from torch.utils.data import DataLoader
-from transformers import get_linear_schedule_with_warmup, set_seed
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers import set_seed
 
 from pelt.arch import base_model, pooler_path
-from pelt.core import PeltState, apply_method, head_parameter_names, parameter_report, set_trainable
+from pelt.core import PeltState, apply_method, head_parameter_names, parameter_report
 from pelt.pooling import default_pooling, replace_pooler
 from pelt.adapter_files import load_trained_weights, read_adapter_config, read_adapter_tensors, save_adapter
 from pelt.errors import PeltError
@@ -45,8 +42,9 @@ from pelt.run_settings import RunSettings, run_settings
 from pelt.tasks import TaskSpec, get_task, load_splits
 from pelt.train import TrainConfig, evaluate_model
 from pelt.train.run_folder import RESULTS_FILE, claim_run_folder
-from pelt.train.trainer import adapter_metadata, recipe_of
-from pelt.train.formulations import Formulation, formulation_for
+from pelt.train.interleaved import train_interleaved
+from pelt.train.trainer import Stage, adapter_metadata, recipe_of
+from pelt.train.formulations import formulation_for
 
 __all__ = ["adapter_similarity", "analyze_shared", "train_shared_adapter", "write_similarity_report"]
 
@@ -186,8 +184,6 @@ def write_similarity_report(similarity: dict[str, Any], folder: str | os.PathLik
 
 # ---- one adapter, several tasks ------------------------------------------------------------------------------
 
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
-
 
 def _share_backbone(target: nn.Module, source: nn.Module, *, keep_pooler: bool) -> None:
     """Make `target` use `source`'s backbone modules (its own head, and its own pooler if asked)."""
@@ -225,14 +221,6 @@ def shared_models(specs: list[TaskSpec], method: MethodConfig, model: str | None
     return models, tokenizer
 
 
-def _train_loader(formulation: Formulation, encoded: Any, model: nn.Module, batch_size: int, seed: int) -> DataLoader:
-    columns = [c for c in _MODEL_INPUTS if c in encoded.column_names]
-    sampler = LengthGroupedSampler(batch_size, lengths=list(encoded["length"]),
-                                   generator=torch.Generator().manual_seed(seed))
-    return DataLoader(encoded.select_columns(columns), batch_size=batch_size, sampler=sampler,
-                      collate_fn=formulation.collator(model))
-
-
 def _shared_tasks(tasks: list[str]) -> list[TaskSpec]:
     specs = [get_task(t) for t in tasks]
     if len({spec.name for spec in specs}) < 2:
@@ -267,9 +255,6 @@ def train_shared_adapter(
         set_seed(config.seed)
         models, tokenizer = shared_models(specs, method, run.model, train_pooler=run.train_pooler,
                                           pooling=run.pooling)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        for task_model in models:
-            task_model.to(device)
         config = fit_max_length(models[0], config, asked=train_config.max_length is not None, on_note=log)
         formulations = [formulation_for(spec, m.config, tokenizer, config.max_length) for spec, m in zip(specs, models)]
         data: list[DatasetDict] = []
@@ -277,13 +262,11 @@ def train_shared_adapter(
             data.append(load_splits(spec, run.data_dir, protocol=run.split_protocol,  # type: ignore[arg-type]
                                     split_seed=run.split_seed, max_train_samples=run.train_size(spec.name),
                                     seed=run.split_seed))  # as finetune: the data's seed
-        encoded = [f.encode(d["train"], training=True) for f, d in zip(formulations, data)]
         selection = [next(s for s in d if s != "train") for d in data]
         two_stage, learning_rate = recipe_of(config, method)
         info = run_info(run)
         history: list[dict[str, Any]] = []
         best = {"score": -math.inf}
-        started = time.perf_counter()
 
         def evaluate(splits: list[str] | None = None) -> list[dict[str, dict[str, float]]]:
             results = []
@@ -293,58 +276,24 @@ def train_shared_adapter(
                                               config.eval_batch_size))
             return results
 
-        def run_stage(stage: str, epochs: float, lr: float, method_on: bool) -> None:
-            for m in models:
-                set_trainable(m, method=method_on, head=True)
-            params = list({id(p): p for m in models for p in m.parameters() if p.requires_grad}.values())
-            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-            loaders = [_train_loader(f, e, m, config.batch_size, config.seed)
-                       for f, e, m in zip(formulations, encoded, models)]
-            per_epoch = sum(len(loader) for loader in loaders)
-            total = max(1, round(epochs * per_epoch))
-            warmup = round(config.warmup_ratio * total) if config.warmup_ratio is not None \
-                else int(config.warmup_steps or 0)
-            scheduler = get_linear_schedule_with_warmup(optimizer, min(warmup, total), total)
-            mixer = random.Random(config.seed)
-            step = 0
-            for epoch in range(math.ceil(epochs)):
-                order = [i for i, loader in enumerate(loaders) for _ in range(len(loader))]
-                mixer.shuffle(order)  # examples-proportional mixing of the tasks' batches
-                iterators = [iter(loader) for loader in loaders]
-                for m in models:
-                    m.train()
-                for index in order:
-                    if step >= total:
-                        break
-                    batch = {k: v.to(device) for k, v in next(iterators[index]).items()}
-                    loss = models[index](**batch).loss
-                    if not torch.isfinite(loss):
-                        raise PeltError(f"training diverged at step {step + 1} ({stage} stage, learning rate "
-                                        f"{lr:g}): the loss of {specs[index].name} is {loss.item()}; lower the "
-                                        "learning rate and train again")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    step += 1
-                for m in models:
-                    m.eval()
-                scores = evaluate()
-                mains = {spec.name: s[sel][spec.main_metric] for spec, s, sel in zip(specs, scores, selection)}
-                mean = statistics.fmean(mains.values())
-                history.append({"stage": stage, "epoch": epoch + 1, "mean": mean, **mains})
-                scores_line = ", ".join(f"{k} {v:.4f}" for k, v in mains.items())
-                log(f"[{stage}] epoch {epoch + 1}: mean validation {mean:.4f} ({scores_line})")
-                if stage == "method" and mean > best["score"]:
-                    best.update(score=mean, epoch=epoch + 1)
-                    for spec, m, f in zip(specs, models, formulations):
-                        save_adapter(m, out / spec.name / "adapter",
-                                     metadata={**adapter_metadata(f, config.max_length, info),
-                                               "shared_with": [s.name for s in specs]})
+        def after_epoch(stage: Stage, epoch: int) -> None:
+            scores = evaluate()
+            mains = {spec.name: s[sel][spec.main_metric] for spec, s, sel in zip(specs, scores, selection)}
+            mean = statistics.fmean(mains.values())
+            history.append({"stage": stage.name, "epoch": epoch, "mean": mean, **mains})
+            log(f"[{stage.name}] epoch {epoch}: mean validation {mean:.4f} "
+                f"({', '.join(f'{k} {v:.4f}' for k, v in mains.items())})")
+            if stage.trains_method and mean > best["score"]:
+                best.update(score=mean, epoch=epoch)
+                for spec, m, f in zip(specs, models, formulations):
+                    save_adapter(m, out / spec.name / "adapter",
+                                 metadata={**adapter_metadata(f, config.max_length, info),
+                                           "shared_with": [s.name for s in specs]})
 
-        if two_stage and config.head_epochs > 0:
-            run_stage("head", config.head_epochs, config.head_learning_rate, method_on=False)
-        run_stage("method", config.epochs, learning_rate, method_on=True)
+        started = time.perf_counter()
+        train_interleaved(models, [spec.name for spec in specs], formulations,
+                          [f.encode(d["train"], training=True) for f, d in zip(formulations, data)], config, method,
+                          on_epoch=after_epoch)
         train_seconds = time.perf_counter() - started
         for spec, m in zip(specs, models):
             load_trained_weights(m, out / spec.name / "adapter")

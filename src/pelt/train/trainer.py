@@ -34,7 +34,8 @@ from pelt.train.formulations import Formulation
 from pelt.train.memory import PeakMemory
 from pelt.train.run_folder import ADAPTER_DIR, LAST_DIR, RESULTS_FILE, claim_run_folder
 
-__all__ = ["ADAPTER_DIR", "LAST_DIR", "RESULTS_FILE", "TrainConfig", "evaluate_model", "train_model"]
+__all__ = ["ADAPTER_DIR", "LAST_DIR", "RESULTS_FILE", "Stage", "TrainConfig", "evaluate_model", "recipe_stages",
+           "train_model", "training_arguments"]
 
 
 @dataclass
@@ -166,17 +167,17 @@ class _DivergenceGuard(TrainerCallback):
         raise PeltError(f"training diverged at step {step} ({self.stage} stage{rate}): {what}; lower the learning "
                         "rate (--lr, --head-lr) and train again")
 
-    def _check_weights(self, step: int) -> None:
+    def check_weights(self, step: int) -> None:
         bad = non_finite_tensors({n: self.model.get_parameter(n) for n in self.names})
         if bad:
             self._stop(step, f"{len(bad)} trained tensors hold NaN or infinite values ({bad[0]}, ...)")
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
         if state.global_step % self.every == 0:
-            self._check_weights(state.global_step)
+            self.check_weights(state.global_step)
 
     def on_evaluate(self, args, state, control, **kwargs):  # noqa: ANN001
-        self._check_weights(state.global_step)  # before the checkpoint callback saves them
+        self.check_weights(state.global_step)  # before the checkpoint callback saves them
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
         loss = (logs or {}).get("loss")
@@ -185,20 +186,41 @@ class _DivergenceGuard(TrainerCallback):
 
 
 def recipe_of(config: TrainConfig, method: MethodConfig) -> tuple[bool, float]:
-    """(two-stage?, learning rate of the method stage): the config's, else the method's own recipe and rate.
-    Every training path (the Trainer's, the shared adapter's) decides them here."""
+    """(two-stage?, learning rate of the method stage): the config's, else the method's own recipe and rate."""
     spec = get_method(method.method)
     two_stage = config.recipe == "two-stage" or (config.recipe == "auto" and spec.two_stage)
     return two_stage, config.learning_rate or spec.default_learning_rate
 
 
-def _training_arguments(config: TrainConfig, formulation: Formulation, epochs: float, learning_rate: float,
-                        extra: dict[str, Any]) -> TrainingArguments:
+@dataclass(frozen=True)
+class Stage:
+    """One pass of the Trainer: the head alone (stage a of the two-stage recipe), or the method with the head."""
+
+    name: Literal["head", "method"]
+    epochs: float
+    learning_rate: float
+    trains_method: bool
+
+
+def recipe_stages(config: TrainConfig, method: MethodConfig, *, has_head: bool = True) -> list[Stage]:
+    """The stages a run trains, in order. Every training path (one task's, the shared adapter's) takes its recipe
+    and learning rates from here; a model without a head of its own (text to text) has no head stage."""
+    two_stage, learning_rate = recipe_of(config, method)
+    stages = []
+    if two_stage and config.head_epochs > 0 and has_head:
+        stages.append(Stage("head", config.head_epochs, config.head_learning_rate, trains_method=False))
+    stages.append(Stage("method", config.epochs, learning_rate, trains_method=True))  # type: ignore[arg-type]
+    return stages
+
+
+def training_arguments(config: TrainConfig, formulation: Formulation, stage: Stage, extra: dict[str, Any]
+                       ) -> TrainingArguments:
+    """The Trainer's arguments for one stage; `extra` (the formulation's, or a caller's) overrides."""
     warmup = config.warmup_ratio if config.warmup_ratio is not None else int(config.warmup_steps or 0)
-    return formulation.arguments_class(
+    settings: dict[str, Any] = dict(
         output_dir=config.output_dir,
-        num_train_epochs=epochs,
-        learning_rate=learning_rate,
+        num_train_epochs=stage.epochs,
+        learning_rate=stage.learning_rate,
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size,
         weight_decay=config.weight_decay,
@@ -216,8 +238,8 @@ def _training_arguments(config: TrainConfig, formulation: Formulation, epochs: f
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
-        **extra,
     )
+    return formulation.arguments_class(**{**settings, **extra})
 
 
 def _eval_splits(data: DatasetDict) -> list[str]:
@@ -272,16 +294,18 @@ def _train_in(output_dir: Path, model: nn.Module, formulation: Formulation, data
     metric_key = f"eval_{task.main_metric}"
     metadata = adapter_metadata(formulation, config.max_length, run_info)
     callback = _CheckpointCallback(model, output_dir, metric_key, metadata)
-    guard = _DivergenceGuard(model, state.trainable, {"head": config.head_learning_rate, "method": learning_rate},
+    stages = recipe_stages(config, state.config, has_head=bool(state.head))
+    guard = _DivergenceGuard(model, state.trainable, {stage.name: stage.learning_rate for stage in stages},
                              config.logging_steps)
     collator = formulation.collator(model)
     extra = formulation.arguments(encoded)
 
-    def run_stage(stage: str, epochs: float, lr: float) -> Trainer:
-        callback.stage = guard.stage = stage
+    def run_stage(stage: Stage) -> Trainer:
+        callback.stage = guard.stage = stage.name
+        set_trainable(model, method=stage.trains_method, head=True)
         trainer = formulation.trainer_class(
             model=model,
-            args=_training_arguments(config, formulation, epochs, lr, extra),
+            args=training_arguments(config, formulation, stage, extra),
             data_collator=collator,
             train_dataset=encoded["train"],
             eval_dataset=encoded[selection],
@@ -298,11 +322,8 @@ def _train_in(output_dir: Path, model: nn.Module, formulation: Formulation, data
     report = parameter_report(model)
     started = time.perf_counter()
     with PeakMemory() as memory:
-        if two_stage and config.head_epochs > 0 and state.head:
-            set_trainable(model, method=False, head=True)
-            run_stage("head", config.head_epochs, config.head_learning_rate)
-        set_trainable(model, method=True, head=True)
-        trainer = run_stage("method", config.epochs, learning_rate)
+        for stage in stages:
+            trainer = run_stage(stage)
     trainer.accelerator.wait_for_everyone()  # the best checkpoint is on disk before any rank reads it
     train_seconds = time.perf_counter() - started
 
