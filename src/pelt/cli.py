@@ -692,62 +692,69 @@ def _layer_list(text: str) -> list[int]:
 
 
 def _analyze(args: argparse.Namespace) -> None:
+    {"norms": _analyze_norms, "fit": _analyze_fit, "layers": _analyze_ablation, "modules": _analyze_ablation,
+     "shared": _analyze_shared, "similarity": _analyze_similarity}[args.analysis](args)
+
+
+def _analyze_norms(args: argparse.Namespace) -> None:
     from pelt import analysis
 
-    out = Path(args.output_dir)
-    if args.analysis == "norms":
-        result = analysis.analyze_attention_norms(args.finetuned, out, data_dir=args.data_dir, model=args.model,
-                                                  max_examples=args.max_examples)
-        print(f"{result['task']}: {result['tokens']:,} tokens; most changed layer {result['most_changed_layer']}")
-        print(out / "attention_norms.md")
-    elif args.analysis == "fit":
-        result = analysis.analyze_fitting(args.finetuned, out, data_dir=args.data_dir, model=args.model,
-                                          functions=args.functions, fit_examples=args.fit_examples,
-                                          heldout_examples=args.heldout_examples, mlp_steps=args.mlp_steps,
-                                          sequential=args.sequential)
-        print(out / ("fitting_sequential.md" if args.sequential else "fitting.md"))
-    elif args.analysis in ("layers", "modules"):
-        from pelt.harness import GridSettings
+    result = analysis.analyze_attention_norms(args.finetuned, args.output_dir, data_dir=args.data_dir,
+                                              model=args.model, max_examples=args.max_examples)
+    print(f"{result['task']}: {result['tokens']:,} tokens; most changed layer {result['most_changed_layer']}")
+    print(Path(args.output_dir) / "attention_norms.md")
 
-        num_layers = analysis.encoder_depth(args.model)
-        options = {"learning_rate": args.lr, "seed": args.seed, "train_size": args.max_train_samples}
-        if args.analysis == "layers":
-            runs = analysis.layer_ablation(args.task, num_layers, ks=args.ks, **options)
-        else:
-            per_layer = None if args.per_layer == "all" else [] if args.per_layer == "none" else \
-                _layer_list(args.per_layer)
-            sets = [tuple(part.strip() for part in text.split("+")) for text in args.module_sets or []] or None
-            runs = analysis.module_ablation(args.task, num_layers, module_sets=sets, per_layer=per_layer, **options)
-        reference = None
-        if args.reference:  # checked before any run starts
-            path = Path(args.reference)
-            path = path / "results.json" if path.is_dir() else path
-            if not path.is_file():
-                raise PeltError(f"--reference {args.reference}: no results.json there; pass a `pelt train` run folder")
-            reference = json.loads(path.read_text())
-        settings = GridSettings(args.data_dir, args.model, args.split_protocol,
-                                _checked_train_args(args.train_args, {r.spec.method for r in runs}, args.task))
-        analysis.run_ablation(runs, out, settings, retry_failed=args.retry_failed)
-        write = analysis.write_layer_report if args.analysis == "layers" else analysis.write_module_report
-        print(write(runs, out, Path(args.report_dir or out), reference=reference))
-    elif args.analysis == "shared":
-        sizes = _named_values(args.max_train_samples, "--max-train-samples", number=True)
-        train_argv = ["train", "--task", args.tasks[0], "--method", args.method, "--output-dir", str(out),
-                      *_split_train_args(args.train_args)]
-        try:
-            train_args = _build_parser(args.method, _RaisingParser).parse_args(train_argv)
-        except PeltError as e:
-            raise PeltError(f"--train-args: {e}") from None
-        from pelt.run_settings import RunSettings
 
-        settings = RunSettings(model=args.model, data_dir=args.data_dir, max_train_samples=sizes or None,
-                               train_pooler=train_args.train_pooler, pooling=train_args.pooling,
-                               split_protocol=args.split_protocol)
-        print(analysis.analyze_shared(args.tasks, _method_config(train_args, args.method), _train_config(train_args),
-                                      out, settings))
-    else:
-        adapters = _named_values(args.adapters, "--adapters", number=False)
-        print(analysis.write_similarity_report(analysis.adapter_similarity(adapters), out))
+def _analyze_fit(args: argparse.Namespace) -> None:
+    from pelt import analysis
+
+    analysis.analyze_fitting(args.finetuned, args.output_dir, data_dir=args.data_dir, model=args.model,
+                             functions=args.functions, fit_examples=args.fit_examples,
+                             heldout_examples=args.heldout_examples, mlp_steps=args.mlp_steps,
+                             sequential=args.sequential)
+    print(Path(args.output_dir) / ("fitting_sequential.md" if args.sequential else "fitting.md"))
+
+
+def _analyze_ablation(args: argparse.Namespace) -> None:
+    from pelt import analysis
+    from pelt.harness import GridSettings
+
+    layers, modules = args.analysis == "layers", args.analysis == "modules"
+    per_layer = None if not modules or args.per_layer == "all" else [] if args.per_layer == "none" else \
+        _layer_list(args.per_layer)
+    sets = [tuple(part.strip() for part in text.split("+")) for text in args.module_sets or []] if modules else []
+    settings = GridSettings(args.data_dir, args.model, args.split_protocol,
+                            _checked_train_args(args.train_args, {"hadamard"}, args.task))
+    print(analysis.ablation_study(args.analysis, args.task, args.output_dir, settings, learning_rate=args.lr,
+                                  seed=args.seed, train_size=args.max_train_samples,
+                                  ks=args.ks if layers else None, module_sets=sets or None, per_layer=per_layer,
+                                  reference=args.reference, report_dir=args.report_dir,
+                                  retry_failed=args.retry_failed))
+
+
+def _analyze_shared(args: argparse.Namespace) -> None:
+    from pelt import analysis
+    from pelt.run_settings import RunSettings
+
+    sizes = _named_values(args.max_train_samples, "--max-train-samples", number=True)
+    train_argv = ["train", "--task", args.tasks[0], "--method", args.method, "--output-dir", args.output_dir,
+                  *_split_train_args(args.train_args)]
+    try:
+        train_args = _build_parser(args.method, _RaisingParser).parse_args(train_argv)
+    except PeltError as e:
+        raise PeltError(f"--train-args: {e}") from None
+    settings = RunSettings(model=args.model, data_dir=args.data_dir, max_train_samples=sizes or None,
+                           train_pooler=train_args.train_pooler, pooling=train_args.pooling,
+                           split_protocol=args.split_protocol)
+    print(analysis.analyze_shared(args.tasks, _method_config(train_args, args.method), _train_config(train_args),
+                                  args.output_dir, settings))
+
+
+def _analyze_similarity(args: argparse.Namespace) -> None:
+    from pelt import analysis
+
+    adapters = _named_values(args.adapters, "--adapters", number=False)
+    print(analysis.write_similarity_report(analysis.adapter_similarity(adapters), args.output_dir))
 
 
 def _split_sizes(task: str, args: argparse.Namespace) -> str:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pelt.analysis.capture import encoder_layers
 from pelt.errors import PeltError
@@ -24,8 +25,8 @@ from pelt.harness import GridSettings, RunSpec, expand_grid, read_records, run_g
 from pelt.harness.sweep import RESULTS_NAME
 from pelt.models import build_model_from_config, load_config
 
-__all__ = ["MODULE_SETS", "AblationRun", "encoder_depth", "hadamard_variant", "layer_ablation",
-           "module_ablation", "run_ablation", "write_layer_report", "write_module_report"]
+__all__ = ["MODULE_SETS", "AblationRun", "ablation_study", "encoder_depth", "hadamard_variant", "layer_ablation",
+           "module_ablation", "read_reference", "run_ablation", "write_layer_report", "write_module_report"]
 
 PARTS = ("W", "b", "LN")
 # The paper's Fig. 5 parts and their combinations, in the order the tables list them.
@@ -123,6 +124,48 @@ def run_ablation(runs: list[AblationRun], grid_dir: str | os.PathLike, settings:
     records = run_grid([r.spec for r in runs], grid_dir, settings, **grid_options)
     wanted = {r.spec.key for r in runs}
     return [r for r in records if r["key"] in wanted]
+
+
+def read_reference(path: str | os.PathLike) -> dict[str, Any]:
+    """A full fine-tuning run's results (its folder or its results.json), drawn as a line in the reports."""
+    file = Path(path) / "results.json" if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise PeltError(f"--reference {path}: no results.json there; pass a `pelt train` run folder")
+    return json.loads(file.read_text())
+
+
+def ablation_study(
+    kind: Literal["layers", "modules"],
+    task: str,
+    output_dir: str | os.PathLike,
+    settings: GridSettings,
+    *,
+    learning_rate: float = 5e-3,
+    seed: int = 42,
+    train_size: int | None = None,
+    ks: Sequence[int] | None = None,
+    module_sets: Sequence[Sequence[str]] | None = None,
+    per_layer: Sequence[int] | None = None,
+    reference: str | os.PathLike | None = None,
+    report_dir: str | os.PathLike | None = None,
+    retry_failed: bool = False,
+) -> Path:
+    """The whole Fig. 4 (`layers`) or Fig. 5 (`modules`) study: its runs (resumable, in `output_dir`), then its
+    table and figure (in `report_dir`, default `output_dir`). `reference`: a full fine-tuning run, read before
+    any run starts."""
+    num_layers = encoder_depth(settings.model)
+    options = {"learning_rate": learning_rate, "seed": seed, "train_size": train_size}
+    if kind == "layers":
+        runs = layer_ablation(task, num_layers, ks=ks, **options)  # type: ignore[arg-type]
+    elif kind == "modules":
+        runs = module_ablation(task, num_layers, module_sets=module_sets, per_layer=per_layer,
+                               **options)  # type: ignore[arg-type]
+    else:
+        raise PeltError(f"an ablation study is layers or modules, got {kind!r}")
+    reference_results = read_reference(reference) if reference is not None else None
+    run_ablation(runs, output_dir, settings, retry_failed=retry_failed)
+    write = write_layer_report if kind == "layers" else write_module_report
+    return write(runs, output_dir, Path(report_dir or output_dir), reference=reference_results)
 
 
 def _scores(record: dict[str, Any]) -> tuple[float, float | None, str]:
