@@ -43,7 +43,7 @@ def test_largest_batch_extrapolates_then_checks_by_measurement() -> None:
 
 def test_efficiency_table_measures_each_method_in_its_own_process(tiny_model_dir: Path) -> None:
     rows = efficiency_table(["full", "hadamard", FROZEN], str(tiny_model_dir), batch_size=4, seq_len=16, steps=2,
-                            warmup=1, memory_budget_mb=5000, epoch_examples=100, log=lambda _: None)
+                            warmup=1, epoch_examples=100, log=lambda _: None)
     by_name = {r["variant"]: r for r in rows}
     assert list(by_name) == ["full", "hadamard", FROZEN]
     full, hadamard, frozen = by_name["full"], by_name["hadamard"], by_name[FROZEN]
@@ -59,7 +59,17 @@ def test_efficiency_table_measures_each_method_in_its_own_process(tiny_model_dir
         assert row["peak_memory_mb"] > 0 and row["examples_per_second"] == pytest.approx(
             4 / (row["ms_per_step"] / 1000), rel=0.05)
         assert row["epoch_minutes"] == pytest.approx(row["ms_per_step"] * 25 / 60000, abs=0.01)
-        assert 1 <= row["largest_batch"] <= 4096 and row["largest_batch_peak_mb"] <= 5000
+        assert "largest_batch" not in row  # no memory budget asked
+
+
+def test_the_largest_batch_is_searched_in_real_processes(tiny_model_dir: Path) -> None:
+    """The search's arithmetic is tested with made-up peaks below; here its probes run as real processes."""
+    asked: list[str] = []
+    [row] = efficiency_table(["hadamard"], str(tiny_model_dir), batch_size=4, seq_len=16, steps=1, warmup=1,
+                             memory_budget_mb=5000, log=asked.append)
+    probes = [line for line in asked if "peak at batch" in line]
+    assert probes[0].endswith("peak at batch 8")  # twice the batch: the second point of the line
+    assert 1 <= row["largest_batch"] <= 4096 and row["largest_batch_peak_mb"] <= 5000
 
 
 def test_bench_command_writes_tables_and_refuses_bad_input(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
