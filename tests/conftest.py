@@ -100,11 +100,16 @@ def make_model() -> Callable[..., torch.nn.Module]:
     return tiny_model
 
 
-@pytest.fixture
-def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
-    folder = tmp_path_factory.mktemp("tok")
+def word_tokenizer(folder: Path) -> BertTokenizerFast:
+    """The tiny models' tokenizer: one word-piece per test word (its vocabulary written into `folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     return BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+
+
+@pytest.fixture
+def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
+    return word_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
 def write_sst2(folder: Path, train_rows: list[tuple[str, int]], dev_rows: list[tuple[str, int]]) -> Path:

@@ -102,6 +102,7 @@ def _build_parser(method_name: str | None,
     _train_parser(sub, method_name)
     _eval_parser(sub)
     _predict_parser(sub)
+    _serve_parser(sub)
     _params_parser(sub, method_name)
     _methods_parser(sub)
     _sweep_parser(sub)
@@ -200,6 +201,45 @@ def _predict_parser(sub: Any) -> None:
     pred.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default 32)")
     pred.add_argument("--num-beams", type=int, default=1, help="beam search width for T5 tasks (default 1: greedy)")
     pred.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+
+
+def _serve_parser(sub: Any) -> None:
+    """`pelt serve`: an HTTP server for many task adapters on one backbone."""
+    from pelt.serve.server import API_KEY_ENV, ServerSettings
+
+    defaults = ServerSettings()
+    serve = sub.add_parser("serve", help="an HTTP server answering many task adapters on one backbone, requests of "
+                                         "any mix of tasks batched together")
+    serve.add_argument("--adapters", nargs="+", default=[], metavar="[NAME=]DIR",
+                       help="adapter folders to serve, named by their task or NAME=DIR")
+    serve.add_argument("--adapter-root", default=None,
+                       help="the folder adapters may be loaded from at run time (POST /admin/tasks); none outside it")
+    serve.add_argument("--state-dir", default=None,
+                       help="where the set of loaded tasks is kept across restarts (default: "
+                            "<adapter-root>/.pelt-serve)")
+    _common_model_args(serve)
+    serve.add_argument("--host", default=defaults.host, help=f"address to bind (default {defaults.host}; another "
+                                                             "needs an API key)")
+    serve.add_argument("--port", type=int, default=defaults.port, help=f"default {defaults.port}; 0: a free port")
+    serve.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                       help=f"required on every request when set (default: ${API_KEY_ENV})")
+    serve.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
+                       help=f"inputs gathered into one batch (default {defaults.max_batch_size})")
+    serve.add_argument("--forward-batch-size", type=int, default=None,
+                       help="rows per forward pass within a batch, sorted by length (default: 8 on a CPU, the "
+                            "whole batch on a GPU)")
+    serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                       help=f"how long a batch waits to fill (default {defaults.max_wait_ms:g} ms)")
+    serve.add_argument("--max-inputs", type=int, default=defaults.max_inputs,
+                       help=f"inputs per request (default {defaults.max_inputs})")
+    serve.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
+                       help=f"request body size (default {defaults.max_body_bytes:,})")
+    serve.add_argument("--max-text-chars", type=int, default=defaults.max_text_chars,
+                       help=f"characters per text field (default {defaults.max_text_chars:,})")
+    serve.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                       help=f"seconds a request may wait for its answer (default {defaults.request_timeout_s:g})")
+    serve.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
 
 
 def _params_parser(sub: Any, method_name: str | None) -> None:
@@ -447,7 +487,7 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
 
-def _adapter_arguments(values: list[str]) -> dict[str, str]:
+def _adapter_arguments(values: list[str], flag: str = "--adapter") -> dict[str, str]:
     """--adapter DIR or NAME=DIR, repeated: adapter folders by task name."""
     from pelt.multitask import task_names
 
@@ -457,15 +497,15 @@ def _adapter_arguments(values: list[str]) -> dict[str, str]:
         name, sep, folder = (part.strip() for part in value.partition("="))
         if sep and not Path(value).exists():
             if not name or not folder:
-                raise PeltError(f"--adapter takes DIR or NAME=DIR, got {value!r}")
+                raise PeltError(f"{flag} takes DIR or NAME=DIR, got {value!r}")
             if name in named:
-                raise PeltError(f"--adapter names task {name!r} twice")
+                raise PeltError(f"{flag} names task {name!r} twice")
             named[name] = folder
         else:
             unnamed.append(value)
     for name, folder in (task_names(unnamed) if unnamed else {}).items():
         if name in named:
-            raise PeltError(f"two adapters for task {name!r}: name them with --adapter NAME=DIR")
+            raise PeltError(f"two adapters for task {name!r}: name them with {flag} NAME=DIR")
         named[name] = folder
     return named
 
@@ -527,6 +567,33 @@ def _predict(args: argparse.Namespace) -> None:
     write_jsonl(args.output, answers)
     if args.output and args.output != "-":
         print(f"{len(answers)} answers ({', '.join(sorted(set(names)))}) in {args.output}", file=sys.stderr)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from pelt.serve import ServerSettings, TaskServer, run
+    from pelt.serve.app import listening_socket
+
+    settings = ServerSettings(host=args.host, port=args.port, adapter_root=args.adapter_root,
+                              state_dir=args.state_dir, api_key=args.api_key, model=args.model,
+                              max_batch_size=args.max_batch_size, forward_batch_size=args.forward_batch_size,
+                              max_wait_ms=args.max_wait_ms,
+                              max_inputs=args.max_inputs, max_body_bytes=args.max_body_bytes,
+                              max_text_chars=args.max_text_chars, request_timeout_s=args.request_timeout)
+    settings.validate()  # before any model loads
+    device = _device(args.device)
+    sock = listening_socket(settings.host, settings.port)  # a port in use is said before the model loads
+    try:
+        server = TaskServer(_adapter_arguments(args.adapters, "--adapters") if args.adapters else {}, settings)
+    except BaseException:
+        sock.close()
+        raise
+    server.model.to(device)
+    names = sorted(server.model.tasks)
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "") or "none yet"
+    host, port = sock.getsockname()[:2]
+    print(f"pelt: serving {len(names)} tasks ({shown}) on http://{f'[{host}]' if ':' in host else host}:{port}",
+          file=sys.stderr, flush=True)
+    run(server, access_log=args.access_log, sock=sock)
 
 
 def _device(name: str | None) -> Any:
@@ -804,8 +871,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = _build_parser(_method_from_argv(argv))
             args = parser.parse_args(argv)
             args.argv = argv
-            code = {"train": _train, "eval": _eval, "predict": _predict, "params": _params, "methods": _methods, "tasks": _tasks,
-                    "sweep": _sweep, "report": _report, "bench": _bench, "analyze": _analyze}[args.command](args) or 0
+            commands = {"train": _train, "eval": _eval, "predict": _predict, "serve": _serve, "params": _params,
+                        "methods": _methods, "tasks": _tasks, "sweep": _sweep, "report": _report, "bench": _bench,
+                        "analyze": _analyze}
+            code = commands[args.command](args) or 0
     except PeltError as e:
         _end_progress_bars()
         print(f"pelt: error: {e}", file=sys.stderr)
