@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -43,6 +44,9 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict:
     outside = base / "outside"
     make_adapter(outside, model_dir, "sst2", "hadamard", seed=11)
     (root / "escape").symlink_to(outside)
+    (root / "linked").mkdir()  # a folder under the root whose files lead out of it
+    for file in outside.iterdir():
+        (root / "linked" / file.name).symlink_to(file)
     return {"base": base, "model": model_dir, "tokenizer": tokenizer, "folders": folders, "models": models,
             "root": root}
 
@@ -134,7 +138,8 @@ def test_an_adapter_loads_and_unloads_while_others_are_served(made, tmp_path):
             pair = {"sentence1": "w5 w6", "sentence2": "w7"}
             reply = post(client, "/v1/predict", {"task": "rte", "inputs": [pair]})
             assert_answers_match(reply.json()["answers"][0], want(made, "rte", pair))
-            assert json.loads((state / STATE_FILE).read_text())["added"] == {"rte": str((made["root"] / "rte").resolve())}
+            recorded = json.loads((state / STATE_FILE).read_text())["added"]
+            assert recorded == {"rte": str((made["root"] / "rte").resolve())}
             assert client.delete("/admin/tasks/rte").status_code == 200
             assert client.delete("/admin/tasks/mrpc").status_code == 200  # a startup task
             gone = post(client, "/v1/predict", {"task": "rte", "inputs": [pair]})
@@ -150,6 +155,44 @@ def test_an_adapter_loads_and_unloads_while_others_are_served(made, tmp_path):
     with TaskServer(made["folders"], settings(made, state_dir=str(state)), log=lines.append) as again:
         assert set(again.model.tasks) == {"sst2", "stsb", "copa"}
         assert any("mrpc was unloaded through the admin API" in line for line in lines)
+
+
+def test_a_startup_task_unloaded_and_loaded_again_from_elsewhere_survives_restarts(made, tmp_path):
+    """The state keeps a startup name unloaded, and serves what was loaded under it instead, restart after
+    restart; unloading that one too leaves the name unserved."""
+    config = settings(made, state_dir=str(tmp_path / "state"))
+    startup = {"sst2": made["folders"]["sst2"], "mrpc": made["folders"]["mrpc"]}
+    with TaskServer(startup, config) as server:
+        server.unload("sst2").result(30)
+        server.load("sst2", "rte").result(30)  # another adapter under the startup name
+    with TaskServer(startup, config, log=lambda line: None) as again:
+        assert again.model.tasks["sst2"].method == "lora"  # the run-time adapter, not the startup hadamard
+        assert Path(again.model.tasks["sst2"].source).resolve() == (made["root"] / "rte").resolve()
+        again.unload("sst2").result(30)
+    with TaskServer(startup, config, log=lambda line: None) as third:
+        assert set(third.model.tasks) == {"mrpc"}
+
+
+def test_a_run_time_adapter_gone_since_is_skipped_with_a_line(made, tmp_path):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(made["root"] / "rte", root / "rte")
+    config = ServerSettings(port=0, adapter_root=str(root), model=str(made["model"]))
+    with TaskServer(made["folders"], config) as server:
+        server.load("rte", "rte").result(30)
+    shutil.rmtree(root / "rte")
+    lines: list[str] = []
+    with TaskServer({}, config, log=lines.append) as again:  # no startup adapters: the backbone from --model
+        assert again.model.tasks == {}
+        assert any("task rte" in line and "is not served" in line for line in lines), lines
+    with pytest.raises(PeltError, match="in use by another pelt serve"):
+        with TaskServer({}, config), TaskServer({}, config):
+            pass
+    closed = TaskServer(made["folders"], settings(made))
+    closed.close()
+    with pytest.raises(PeltError, match="the server is stopping"):
+        closed.predict("sst2", EXAMPLES["sst2"][:1])
 
 
 def _raw(url: str, data: bytes) -> tuple[int, dict]:
@@ -193,13 +236,20 @@ def test_every_bad_request_gets_a_4xx_naming_what_is_wrong(made, tmp_path):
                 body={"task": "sst2", "inputs": [{"sentence": "w5 " * 2000}]})
         refused(404, "Not Found", method="GET", path="/v2/predict")
         refused(405, "Method Not Allowed", method="GET", path="/v1/predict")
-        refused(403, "lies outside the adapter root", path="/admin/tasks", body={"name": "x", "path": "../sst2-adapter"})
+        refused(403, "lies outside the adapter root", path="/admin/tasks",
+                body={"name": "x", "path": "../sst2-adapter"})
         refused(403, "lies outside the adapter root", path="/admin/tasks", body={"name": "x", "path": "escape"})
         refused(403, "lies outside the adapter root", path="/admin/tasks",
                 body={"name": "x", "path": str(made["folders"]["sst2"])})
+        refused(403, "leads outside the adapter root", path="/admin/tasks",
+                body={"name": "x", "path": "linked"})
         refused(422, "no adapter there", path="/admin/tasks", body={"name": "x", "path": "not-an-adapter"})
+        refused(422, "adapter path", path="/admin/tasks", body={"name": "x", "path": "a\u0000b"})
+        refused(422, "inputs[0].id: nan cannot be echoed back in JSON",
+                content=b'{"task": "sst2", "inputs": [{"sentence": "w5", "id": NaN}]}')
         refused(409, "a task named 'sst2' is loaded already", path="/admin/tasks", body={"name": "sst2", "path": "rte"})
-        refused(422, "a task name is 1 to 100 letters, digits", path="/admin/tasks", body={"name": "a/b", "path": "rte"})
+        refused(422, "a task name is 1 to 100 letters, digits", path="/admin/tasks",
+                body={"name": "a/b", "path": "rte"})
         refused(404, "unknown task 'nope'", method="DELETE", path="/admin/tasks/nope")
         # a body longer than its Content-Length says, and a client that leaves mid-body: the server goes on
         status, answer = _raw(url, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -295,6 +345,8 @@ def test_settings_refuse_an_open_bind_without_a_key_and_bad_limits():
         ServerSettings(request_timeout_s=float("inf")).validate()
     with pytest.raises(PeltError, match="request_timeout_s must be a finite number above 0, got 0"):
         ServerSettings(request_timeout_s=0).validate()
+    with pytest.raises(PeltError, match="the API key must be printable ASCII with no spaces around it"):
+        ServerSettings(api_key=" key").validate()
     with pytest.raises(PeltError, match="max_wait_ms must be a finite number at least 0, got -1"):
         ServerSettings(max_wait_ms=-1).validate()
     ServerSettings(max_wait_ms=0).validate()

@@ -217,7 +217,9 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--state-dir", default=None,
                        help="where the set of loaded tasks is kept across restarts (default: "
                             "<adapter-root>/.pelt-serve)")
-    _common_model_args(serve)
+    serve.add_argument("--model", default=None,
+                       help="local folder or hub name of the backbone (default: the one the adapters were trained "
+                            "on; the bundled all-MiniLM-L6-v2 when none is given)")
     serve.add_argument("--host", default=defaults.host, help=f"address to bind (default {defaults.host}; another "
                                                              "needs an API key)")
     serve.add_argument("--port", type=int, default=defaults.port, help=f"default {defaults.port}; 0: a free port")
@@ -226,7 +228,7 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size,
                        help=f"inputs gathered into one batch (default {defaults.max_batch_size})")
     serve.add_argument("--forward-batch-size", type=int, default=None,
-                       help="rows per forward pass within a batch, sorted by length (default: 8 on a CPU, the "
+                       help="inputs per forward pass within a batch, sorted by length (default: 8 on a CPU, the "
                             "whole batch on a GPU)")
     serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
                        help=f"how long a batch waits to fill (default {defaults.max_wait_ms:g} ms)")

@@ -30,6 +30,8 @@ from pelt.serve.server import AdminRefused, NameTaken, RequestTooLarge, TaskServ
 
 __all__ = ["create_app", "listening_socket", "run", "serving_in_thread"]
 
+ADMIN_TIMEOUT_S = 120  # a load waits for the batch in progress, then reads and checks the adapter
+
 
 class PredictRequest(BaseModel):
     """Inputs of one task, each with the task's fields (e.g. `sentence`, or `sentence1` and `sentence2`)."""
@@ -166,7 +168,8 @@ class _Guard:
         given = headers.get("x-api-key")
         if given is None and headers.get("authorization", "").lower().startswith("bearer "):
             given = headers["authorization"][7:].strip()
-        return given is not None and hmac.compare_digest(given.encode(), self.api_key.encode())  # type: ignore[union-attr]
+        key = self.api_key or ""
+        return given is not None and hmac.compare_digest(given.encode(), key.encode())
 
     async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         response = _error(413, f"the request body is over this server's limit of {self.max_body_bytes:,} bytes; "
@@ -212,8 +215,10 @@ def create_app(server: TaskServer) -> Any:
         except PeltError as error:
             return refused(error)
         try:
-            answers = await asyncio.wait_for(asyncio.wrap_future(future), settings.request_timeout_s)
+            waiting = asyncio.shield(asyncio.wrap_future(future))
+            answers = await asyncio.wait_for(waiting, settings.request_timeout_s)
         except asyncio.TimeoutError:
+            future.abandon()  # its inputs not computed yet are dropped
             return _error(408, f"no answer within {settings.request_timeout_s:g} s (the server is busy); try "
                                "again, or send fewer inputs")
         except PeltError as error:
@@ -225,8 +230,10 @@ def create_app(server: TaskServer) -> Any:
     async def tasks() -> dict[str, Any]:
         return {"tasks": server.tasks()}
 
-    @app.get("/health", summary="liveness, and how many tasks are loaded")
-    async def health() -> dict[str, Any]:
+    @app.get("/health", summary="liveness (503 when the model's worker has stopped), and how many tasks are loaded")
+    async def health() -> Any:
+        if not server.batcher.alive:
+            return _error(503, "the model's worker has stopped; restart the server")
         return {"status": "ok", "tasks": len(server.model.tasks), "version": __version__}
 
     @app.get("/metrics", summary="Prometheus metrics: requests, examples, batch sizes, latency",
@@ -240,16 +247,23 @@ def create_app(server: TaskServer) -> Any:
               summary="load an adapter from under --adapter-root as a new task, while serving")
     async def load(body: LoadRequest) -> Any:
         try:
-            return {"task": await asyncio.wrap_future(server.load(body.name, body.path))}
+            loading = server.load(body.name, body.path)
+            return {"task": await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(loading)), ADMIN_TIMEOUT_S)}
         except PeltError as error:
             return refused(error)
+        except asyncio.TimeoutError:
+            return _error(408, f"the adapter did not load within {ADMIN_TIMEOUT_S} s; GET /v1/tasks tells whether "
+                               "it has since")
 
     @app.delete("/admin/tasks/{name}", responses=_ERRORS, summary="stop serving a task")
     async def unload(name: str) -> Any:
         try:
-            await asyncio.wrap_future(server.unload(name))
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(server.unload(name))), ADMIN_TIMEOUT_S)
         except PeltError as error:
             return refused(error)
+        except asyncio.TimeoutError:
+            return _error(408, f"the task was not unloaded within {ADMIN_TIMEOUT_S} s; GET /v1/tasks tells whether "
+                               "it has since")
         return {"removed": name}
 
     return _Guard(app, settings.api_key, settings.max_body_bytes, metrics)

@@ -22,7 +22,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Batcher", "PredictJob"]
+__all__ = ["Answers", "Batcher", "PredictJob"]
+
+
+class Answers(Future):
+    """A request's future; `abandon()` (its client stopped waiting) drops the inputs not computed yet."""
+
+    abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.cancel()  # not yet taken: never computed
 
 
 @dataclass(eq=False)
@@ -31,7 +41,7 @@ class PredictJob:
 
     task: str
     inputs: Sequence[Mapping[str, Any]]
-    future: Future = field(default_factory=Future)
+    future: Answers = field(default_factory=Answers)
     arrived: float = field(default_factory=time.monotonic)
     answers: list[Any] = field(default_factory=list, repr=False)
     remaining: int = 0
@@ -80,10 +90,20 @@ class Batcher:
         self.run_batch, self.max_batch_size, self.max_wait_s = run_batch, max_batch_size, max_wait_s
         self.on_batch = on_batch
         self._queue: queue.Queue = queue.Queue()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="pelt-batcher", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _stopping()
+
     def submit(self, job: PredictJob) -> Future:
+        self._check_open()
         if not job.inputs:
             job.future.set_result([])
         else:
@@ -92,11 +112,13 @@ class Batcher:
 
     def exclusive(self, run: Callable[[], Any]) -> Future:
         """Run `run()` on the worker between two batches (its result or error through the future)."""
+        self._check_open()
         item = _Exclusive(run)
         self._queue.put(item)
         return item.future
 
     def close(self, timeout: float = 10.0) -> None:
+        self._closed = True
         self._queue.put(_STOP)
         self._thread.join(timeout)
 
@@ -112,7 +134,15 @@ class Batcher:
             if carried is _STOP:
                 for unit in backlog:
                     _fail(unit.job, _stopping())
-                return
+                while True:  # what came after the stop: refused, not left waiting
+                    try:
+                        late = self._queue.get_nowait()
+                    except queue.Empty:
+                        return
+                    if isinstance(late, PredictJob):
+                        _fail(late, _stopping())
+                    elif isinstance(late, _Exclusive) and late.future.set_running_or_notify_cancel():
+                        late.future.set_exception(_stopping())
             if isinstance(carried, _Exclusive) and not backlog:
                 _settle(carried.future, carried.run)
                 carried = None
@@ -140,7 +170,11 @@ class Batcher:
     def _choose(self, backlog: list[_Input]) -> list[_Input]:
         """The oldest input and the waiting ones nearest it in length, up to a batch (taken off the backlog);
         inputs of requests that timed out are dropped."""
-        backlog[:] = [unit for unit in backlog if not unit.job.future.cancelled()]
+        for unit in backlog:
+            future = unit.job.future
+            if future.abandoned and future.running():  # taken, then abandoned: finished, for no one
+                future.set_exception(TimeoutError())
+        backlog[:] = [unit for unit in backlog if not unit.job.future.abandoned]
         if not backlog:
             return []
         oldest = backlog[0]
@@ -163,6 +197,9 @@ class Batcher:
         for unit, answer in zip(batch, answers):
             job = unit.job
             if job.future.done():  # an input of it failed already
+                continue
+            if job.future.abandoned:  # its client stopped waiting: finished, for no one
+                job.future.set_exception(TimeoutError())
                 continue
             if isinstance(answer, Exception):
                 _fail(job, answer)

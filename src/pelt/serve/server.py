@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import math
 import os
 import re
+import stat
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from typing import Any
 
 from pelt.adapter_files import read_adapter_config
 from pelt.errors import PeltError
-from pelt.files import hold_folder, make_writable_folder, write_json
+from pelt.files import hold_folder, make_writable_folder, os_error_line, write_json
 from pelt.serve.batcher import Batcher, PredictJob
 
 __all__ = ["STATE_FILE", "AdminRefused", "NameTaken", "RequestTooLarge", "ServerSettings", "TaskServer", "UnknownTask",
@@ -43,7 +46,7 @@ class ServerSettings:
     api_key: str | None = None  # required on every request when set
     model: str | None = None  # the backbone (default: the one the adapters were trained on)
     max_batch_size: int = 32  # inputs gathered into one batch
-    forward_batch_size: int | None = None  # rows per forward pass within it (None: 8 on a CPU, the batch on a GPU)
+    forward_batch_size: int | None = None  # inputs per forward pass in it (None: 8 on a CPU, the batch on a GPU)
     max_wait_ms: float = 5.0  # how long the oldest input waits for company
     max_inputs: int = 256  # inputs per request
     max_body_bytes: int = 1_000_000
@@ -64,8 +67,9 @@ class ServerSettings:
                 raise PeltError(f"{name} must be a finite number {least}, got {value!r}")
         if not 0 <= self.port <= 65535:
             raise PeltError(f"the port must be in 0..65535, got {self.port}")
-        if self.api_key is not None and not self.api_key.strip():
-            raise PeltError("the API key is empty; give a key, or none on a loopback address")
+        if self.api_key is not None and (not self.api_key.strip() or self.api_key != self.api_key.strip()
+                                         or not self.api_key.isascii() or not self.api_key.isprintable()):
+            raise PeltError("the API key must be printable ASCII with no spaces around it, and not empty")
         if not is_loopback(self.host) and not self.api_key:
             raise PeltError(f"--host {self.host} is not a loopback address: anyone who reaches this machine could "
                             f"use the server; set --api-key (or {API_KEY_ENV}) to require a key, or bind to "
@@ -100,24 +104,28 @@ class TaskServer:
         self._stack = contextlib.ExitStack()
         self._state_file: Path | None = None
         self._added: dict[str, str] = {}  # loaded at run time: name -> adapter folder (resolved)
-        self._removed: list[str] = []  # startup adapters unloaded at run time
+        self._removed: list[str] = []  # startup adapters unloaded at run time (a name reloaded stays here)
+        self._startup: set[str] = set()
         try:
             folder = self.settings.state_folder()
             if folder is not None:
                 folder = make_writable_folder(folder, "--state-dir")
-                self._stack.enter_context(hold_folder(folder, f"the state folder {folder} is in use by another pelt "
-                                                              "serve; stop it, or pass another --state-dir"))
+                refusal = (f"the state folder {folder} is in use by another pelt serve; stop it, or pass another "
+                           "--state-dir")
+                self._stack.enter_context(_only_server_of(folder.resolve(), refusal))
+                self._stack.enter_context(hold_folder(folder, refusal))
                 self._state_file = folder / STATE_FILE
                 self._read_state()
             startup = task_names(adapters) if adapters else {}
+            self._startup = set(startup)
             kept = {name: path for name, path in startup.items() if name not in self._removed}
             for name in sorted(set(startup) - set(kept)):
-                self.log(f"task {name} was unloaded through the admin API ({self._state_file}); not loaded")
-            base = next(iter(kept.values()), None) or next(iter(self._added.values()), None)
-            if base is None and self.settings.model is None and self._root is None:
+                again = " (served from the adapter loaded in its place)" if name in self._added else ""
+                self.log(f"task {name} was unloaded through the admin API ({self._state_file}); not loaded{again}")
+            if not kept and not self._added and self.settings.model is None and self._root is None:
                 raise PeltError("no adapters to serve: give --adapters, or --adapter-root to load them at run time")
             self.model = (MultiTaskModel.from_adapters(kept, model=self.settings.model) if kept
-                          else self._bare_model(base))
+                          else self._bare_model(list(self._added.values())))
             for name, path in list(self._added.items()):
                 self._restore(name, path)
         except BaseException:
@@ -138,13 +146,19 @@ class TaskServer:
             raise PeltError(f"--adapter-root {root} is not a folder; give the folder the adapters live under")
         return path.resolve()
 
-    def _bare_model(self, adapter: str | None) -> Any:
+    def _bare_model(self, adapters: list[str]) -> Any:
+        """The backbone when no startup adapter names it: --model, else the base model of the first run-time
+        adapter still readable, else the bundled default."""
         from pelt.multitask import MultiTaskModel
         from pelt.pipeline import adapter_base_model
 
-        if self.settings.model is not None or adapter is None:
-            return MultiTaskModel.from_pretrained(self.settings.model)
-        return MultiTaskModel.from_pretrained(adapter_base_model(read_adapter_config(adapter)))
+        if self.settings.model is None:
+            for adapter in adapters:
+                try:
+                    return MultiTaskModel.from_pretrained(adapter_base_model(read_adapter_config(adapter)))
+                except (PeltError, OSError):
+                    continue  # gone or damaged since: _restore says so
+        return MultiTaskModel.from_pretrained(self.settings.model)
 
     def _read_state(self) -> None:
         assert self._state_file is not None
@@ -165,8 +179,9 @@ class TaskServer:
         """An adapter loaded at run time before the restart: loaded again, or skipped with a line saying why."""
         try:
             self.model.add_task(name, self.resolve_adapter(path))
-        except PeltError as error:
-            self.log(f"task {name} ({path}), loaded before the restart, is not served: {error}")
+        except (PeltError, OSError) as error:
+            reason = os_error_line(error) if isinstance(error, OSError) else str(error)
+            self.log(f"task {name} ({path}), loaded before the restart, is not served: {reason}")
             del self._added[name]
 
     def _write_state(self) -> None:
@@ -185,7 +200,7 @@ class TaskServer:
     def check_request(self, task: str, inputs: Sequence[Any]) -> None:
         """Refuse what the model would refuse, before the request waits in the queue: a PeltError saying which
         input and what is wrong (`RequestTooLarge` for the limits)."""
-        from pelt.multitask.predict import check_example
+        from pelt.multitask.predict import ID_FIELD, check_example
 
         info = self.model.tasks.get(task)
         if info is None:
@@ -202,6 +217,13 @@ class TaskServer:
             problem = check_example(example, info.spec, info.kind)
             if problem:
                 raise PeltError(f"inputs[{i}]: {problem}")
+            if not _finite_json(example.get(ID_FIELD)):
+                raise PeltError(f"inputs[{i}].id: {example[ID_FIELD]!r} cannot be echoed back in JSON; send a string "
+                                "or a finite number")
+            entities = example.get("entities") if info.spec.kind == "entity_ranking" else None
+            if entities is not None and len(entities) > self.settings.max_inputs:
+                raise RequestTooLarge(f"inputs[{i}].entities: {len(entities):,} candidates, over this server's "
+                                      f"limit of {self.settings.max_inputs} per input")
             for name in _fields(info):
                 value = example[name]
                 size = len(value) if isinstance(value, str) else sum(len(v) for v in value)
@@ -218,12 +240,22 @@ class TaskServer:
         """An adapter folder under the adapter root; a path outside it (`..`, a symlink out) is refused."""
         if self._root is None:
             raise AdminRefused("this server loads no adapters at run time; start it with --adapter-root ROOT")
-        given = Path(path)
-        resolved = (given if given.is_absolute() else self._root / given).resolve()
-        if not resolved.is_relative_to(self._root):
-            raise AdminRefused(f"{path} lies outside the adapter root; give a folder under it")
-        if not (resolved / "adapter_config.json").is_file():
-            raise PeltError(f"{path}: no adapter there (no adapter_config.json)")
+        try:
+            given = Path(path)
+            resolved = (given if given.is_absolute() else self._root / given).resolve()
+            if not resolved.is_relative_to(self._root):
+                raise AdminRefused(f"{path} lies outside the adapter root; give a folder under it")
+            if not (resolved / "adapter_config.json").is_file():
+                raise PeltError(f"{path}: no adapter there (no adapter_config.json)")
+            for file in resolved.iterdir():  # what loading reads: no link out of the root, no device
+                target = file.resolve()
+                if not target.is_relative_to(self._root):
+                    raise AdminRefused(f"{path}/{file.name} leads outside the adapter root")
+                if file.suffix in (".json", ".safetensors") and not stat.S_ISREG(target.stat().st_mode):
+                    raise AdminRefused(f"{path}/{file.name} is not a regular file")
+        except (OSError, ValueError) as error:  # a NUL byte, a name too long, a folder that cannot be read
+            reason = os_error_line(error) if isinstance(error, OSError) else str(error)
+            raise PeltError(f"adapter path {str(path)[:200]!r}: {reason}") from None
         return resolved
 
     def load(self, name: str, path: str | os.PathLike) -> Future:
@@ -237,11 +269,17 @@ class TaskServer:
         def add() -> dict[str, Any]:
             if name in self.model.tasks:  # loaded by another request since
                 raise NameTaken(f"a task named {name!r} is loaded already; unload it first or choose another name")
-            self.model.add_task(name, folder)
+            try:
+                self.model.add_task(name, folder)
+            except OSError as error:  # unreadable files: the adapter's fault, said as such
+                raise PeltError(f"{path}: {os_error_line(error)}") from None
             self._added[name] = str(folder)
-            if name in self._removed:
-                self._removed.remove(name)
-            self._write_state()
+            try:
+                self._write_state()
+            except OSError:
+                self.model.remove_task(name)  # memory and disk agree: neither has it
+                del self._added[name]
+                raise
             return next(t for t in self.tasks() if t["name"] == name)
         return self.batcher.exclusive(add)
 
@@ -250,8 +288,9 @@ class TaskServer:
             if name not in self.model.tasks:
                 raise UnknownTask(f"unknown task {name!r}; {_loaded(self.model.tasks)}")
             self.model.remove_task(name)
-            if self._added.pop(name, None) is None:
-                self._removed.append(name)
+            self._added.pop(name, None)
+            if name in self._startup and name not in self._removed:
+                self._removed.append(name)  # a restart must not bring the startup adapter back
             self._write_state()
         return self.batcher.exclusive(remove)
 
@@ -283,7 +322,7 @@ class TaskServer:
         return answers
 
     def forward_batch_size(self) -> int:
-        """Rows per forward pass. On a CPU a row costs about the same in any batch, and a batch is padded to its
+        """Inputs per forward pass. On a CPU a row costs about the same in any batch, and a batch is padded to its
         longest row: a gathered batch sorted by length and run 8 rows at a time is about twice as fast as one
         pass of 32 (benchmarks/results/serve_load.md). A GPU wants the whole batch in one pass."""
         if self.settings.forward_batch_size is not None:
@@ -294,6 +333,23 @@ class TaskServer:
     def _on_batch(self, examples: int, seconds: float) -> None:
         if self.on_batch is not None:
             self.on_batch(examples, seconds)
+
+
+_SERVED_STATE: set[Path] = set()  # state folders this process's servers hold (the OS lock nests per process)
+_SERVED_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _only_server_of(folder: Path, refusal: str) -> Any:
+    with _SERVED_GUARD:
+        if folder in _SERVED_STATE:
+            raise PeltError(refusal)
+        _SERVED_STATE.add(folder)
+    try:
+        yield
+    finally:
+        with _SERVED_GUARD:
+            _SERVED_STATE.discard(folder)
 
 
 class RequestTooLarge(PeltError):
@@ -309,6 +365,17 @@ class NameTaken(PeltError):
 
 
 _TASK_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+
+
+def _finite_json(value: Any) -> bool:
+    """Whether `value` is JSON a strict writer accepts (no NaN or infinity anywhere in it)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite_json(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite_json(v) for v in value)
+    return True
 
 
 def _loaded(tasks: Mapping[str, Any], shown: int = 10) -> str:
