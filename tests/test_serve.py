@@ -173,6 +173,24 @@ def test_a_startup_task_unloaded_and_loaded_again_from_elsewhere_survives_restar
         assert set(third.model.tasks) == {"mrpc"}
 
 
+def test_a_request_checked_before_its_task_was_unloaded_gets_unknown_task(made, tmp_path):
+    """The worker held up, an unload queued, then a request for that task (checked while it was still loaded):
+    the unload runs first, and the request is answered with the error, not with another task's answer."""
+    from pelt.serve.server import UnknownTask
+
+    gate = threading.Event()
+    with TaskServer(made["folders"], settings(made, state_dir=str(tmp_path / "s"))) as server:
+        held = server.batcher.exclusive(gate.wait)
+        unloading = server.unload("sst2")
+        asked = server.predict("sst2", EXAMPLES["sst2"][:1])
+        other = server.predict("mrpc", EXAMPLES["mrpc"][:1])
+        gate.set()
+        held.result(10), unloading.result(10)
+        with pytest.raises(UnknownTask, match="unknown task 'sst2': it was unloaded"):
+            asked.result(10)
+        assert_answers_match(other.result(10)[0], want(made, "mrpc", EXAMPLES["mrpc"][0]))
+
+
 def test_a_run_time_adapter_gone_since_is_skipped_with_a_line(made, tmp_path):
     import shutil
 
