@@ -633,7 +633,7 @@ def test_shared_adapter_trains_one_adapter_for_two_tasks(tiny_reference, tmp_pat
 
 def test_the_shared_adapter_trains_the_head_alone_first(tiny_reference, tmp_path, monkeypatch):
     """The shared path runs the same recipe as one task's: after stage (a) only the heads have moved, after
-    stage (b) the shared Hadamard adapter has too; frozen weights never move."""
+    stage (b) the shared Hadamard adapter has too."""
     from pelt.train import interleaved
 
     snapshots: dict[str, dict[str, torch.Tensor]] = {}

@@ -414,9 +414,12 @@ def test_the_cli_serves_and_a_killed_server_comes_back_with_the_same_tasks(made,
     assert any("task stsb was unloaded through the admin API" in line for line in lines)
 
 
-def test_the_cli_refuses_bad_settings_in_one_line(made, capsys):
+def test_the_cli_refuses_bad_settings_in_one_line(made, capsys, monkeypatch):
     from conftest import run
 
+    def would_serve(*args, **kwargs):  # a refusal that did not happen fails here instead of serving forever
+        raise AssertionError("pelt serve started serving")
+    monkeypatch.setattr("pelt.serve.run", would_serve)
     rc, _, err = run(capsys, "serve", "--adapters", made["folders"]["sst2"], "--host", "0.0.0.0")
     assert rc == 2 and "is not a loopback address" in err and "Traceback" not in err
     rc, _, err = run(capsys, "serve", "--adapters", made["folders"]["sst2"], "--adapter-root", made["base"] / "nowhere")

@@ -105,6 +105,23 @@ def test_interleaved_batches_hold_one_task_each_and_every_example_once_an_epoch(
     assert tasks_first.count(0) == 3 and tasks_first.count(1) == 2  # in proportion to the tasks' sizes
 
 
+def test_the_shared_adapter_checks_its_weights_before_each_epochs_save() -> None:
+    """Above the size checked every step, the guard runs at logging steps only: the epoch's end (where the best
+    adapter is saved) checks the weights first, so a diverged adapter is never what the epoch saves."""
+    from types import SimpleNamespace
+
+    from pelt.train.interleaved import _AtEpochEnd
+    from pelt.train.trainer import Stage
+
+    calls: list[tuple] = []
+    guard = SimpleNamespace(check_weights=lambda step: calls.append(("check", step)))
+    stage = Stage("method", 1.0, 1e-3, trains_method=True)
+    at_end = _AtEpochEnd(stage, guard, lambda s, epoch: calls.append(("save", s.name, epoch)))
+    at_end.on_epoch_end(None, SimpleNamespace(global_step=7), None)
+    at_end.on_epoch_end(None, SimpleNamespace(global_step=14), None)
+    assert calls == [("check", 7), ("save", "method", 1), ("check", 14), ("save", "method", 2)]
+
+
 def test_run_settings_take_keyword_fields_and_refuse_unknown_ones(tmp_path: Path) -> None:
     from pelt.errors import PeltError
     from pelt.run_settings import RunSettings, run_settings

@@ -573,7 +573,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> None:
     from pelt.serve import ServerSettings, TaskServer, run
-    from pelt.serve.app import listening_socket
+    from pelt.serve.app import base_url, listening_socket
 
     settings = ServerSettings(host=args.host, port=args.port, adapter_root=args.adapter_root,
                               state_dir=args.state_dir, api_key=args.api_key, model=args.model,
@@ -592,9 +592,7 @@ def _serve(args: argparse.Namespace) -> None:
     server.model.to(device)
     names = sorted(server.model.tasks)
     shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "") or "none yet"
-    host, port = sock.getsockname()[:2]
-    print(f"pelt: serving {len(names)} tasks ({shown}) on http://{f'[{host}]' if ':' in host else host}:{port}",
-          file=sys.stderr, flush=True)
+    print(f"pelt: serving {len(names)} tasks ({shown}) on {base_url(sock)}", file=sys.stderr, flush=True)
     run(server, access_log=args.access_log, sock=sock)
 
 

@@ -138,11 +138,12 @@ _held_guard = threading.Lock()
 
 
 @contextlib.contextmanager
-def hold_folder(folder: Path, refusal: str) -> Iterator[None]:
+def hold_folder(folder: Path, refusal: str, *, reentrant: bool = True) -> Iterator[None]:
     """Hold `folder` for this process: another process asking for it is refused with `refusal`.
 
     The lock is the operating system's (flock on the folder itself), so it goes with the process, `kill -9`
-    included, and leaves no file behind. Holds nest within one process (a pipeline and the trainer it calls).
+    included, and leaves no file behind. Holds nest within one process (a pipeline and the trainer it calls);
+    with `reentrant=False` a second hold in this process is refused too (two servers on one state folder).
     File systems without locks (some network mounts) run unguarded.
     """
     try:
@@ -153,6 +154,8 @@ def hold_folder(folder: Path, refusal: str) -> Iterator[None]:
     info = folder.stat()
     key = (info.st_dev, info.st_ino)
     with _held_guard:
+        if key in _held and not reentrant:
+            raise PeltError(refusal)
         if key in _held:
             _held[key] += 1
             nested = True

@@ -27,9 +27,9 @@ from pelt.analysis.reference import finetuned_reference, load_reference_pair
 from pelt.analysis.shared import adapter_similarity, analyze_shared, train_shared_adapter, write_similarity_report
 
 __all__ = [
-    "FIT_FUNCTIONS", "MODULE_SETS", "AblationRun", "ablation_study", "adapter_similarity", "analyze_attention_norms", "analyze_fitting",
-    "analyze_shared", "attention_norm_statistics", "capture_sublayer_outputs", "encoder_batches", "encoder_depth",
-    "finetuned_reference", "fit_errors", "fit_map", "hadamard_variant", "layer_ablation", "load_reference_pair",
-    "model_with_fitted_maps", "module_ablation", "read_reference", "run_ablation", "train_shared_adapter", "write_layer_report",
-    "write_module_report", "write_similarity_report",
+    "FIT_FUNCTIONS", "MODULE_SETS", "AblationRun", "ablation_study", "adapter_similarity", "analyze_attention_norms",
+    "analyze_fitting", "analyze_shared", "attention_norm_statistics", "capture_sublayer_outputs", "encoder_batches",
+    "encoder_depth", "finetuned_reference", "fit_errors", "fit_map", "hadamard_variant", "layer_ablation",
+    "load_reference_pair", "model_with_fitted_maps", "module_ablation", "read_reference", "run_ablation",
+    "train_shared_adapter", "write_layer_report", "write_module_report", "write_similarity_report",
 ]

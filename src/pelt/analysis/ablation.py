@@ -12,9 +12,9 @@ adapter on every layer, or on the top layer only) is trained once when both use 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal

@@ -28,7 +28,7 @@ from pelt import __version__
 from pelt.errors import PeltError
 from pelt.serve.server import AdminRefused, NameTaken, RequestTooLarge, TaskServer, UnknownTask
 
-__all__ = ["create_app", "listening_socket", "run", "serving_in_thread"]
+__all__ = ["base_url", "create_app", "listening_socket", "run", "serving_in_thread"]
 
 ADMIN_TIMEOUT_S = 120  # a load waits for the batch in progress, then reads and checks the adapter
 
@@ -88,6 +88,18 @@ class _Metrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+async def _from_worker(future: Any, seconds: float) -> Any:
+    """The result of a batcher future, waited for at most `seconds` (asyncio.TimeoutError after); a time-out
+    leaves the future to the worker (shielded), which finishes or drops it."""
+    return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), seconds)
+
+
+def base_url(sock: socket.socket) -> str:
+    """http://host:port of a listening socket (IPv6 hosts in brackets)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -215,8 +227,7 @@ def create_app(server: TaskServer) -> Any:
         except PeltError as error:
             return refused(error)
         try:
-            waiting = asyncio.shield(asyncio.wrap_future(future))
-            answers = await asyncio.wait_for(waiting, settings.request_timeout_s)
+            answers = await _from_worker(future, settings.request_timeout_s)
         except asyncio.TimeoutError:
             future.abandon()  # its inputs not computed yet are dropped
             return _error(408, f"no answer within {settings.request_timeout_s:g} s (the server is busy); try "
@@ -247,8 +258,7 @@ def create_app(server: TaskServer) -> Any:
               summary="load an adapter from under --adapter-root as a new task, while serving")
     async def load(body: LoadRequest) -> Any:
         try:
-            loading = server.load(body.name, body.path)
-            return {"task": await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(loading)), ADMIN_TIMEOUT_S)}
+            return {"task": await _from_worker(server.load(body.name, body.path), ADMIN_TIMEOUT_S)}
         except PeltError as error:
             return refused(error)
         except asyncio.TimeoutError:
@@ -258,7 +268,7 @@ def create_app(server: TaskServer) -> Any:
     @app.delete("/admin/tasks/{name}", responses=_ERRORS, summary="stop serving a task")
     async def unload(name: str) -> Any:
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(server.unload(name))), ADMIN_TIMEOUT_S)
+            await _from_worker(server.unload(name), ADMIN_TIMEOUT_S)
         except PeltError as error:
             return refused(error)
         except asyncio.TimeoutError:
@@ -311,9 +321,8 @@ def serving_in_thread(server: TaskServer) -> Iterator[str]:
     thread.start()
     while not uv.started and thread.is_alive():
         time.sleep(0.01)
-    host, port = sock.getsockname()[:2]
     try:
-        yield f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        yield base_url(sock)
     finally:
         uv.should_exit = True
         thread.join(10)

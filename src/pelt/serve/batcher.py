@@ -22,6 +22,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from pelt.errors import PeltError
+
 __all__ = ["Answers", "Batcher", "PredictJob"]
 
 
@@ -189,7 +191,7 @@ class Batcher:
         try:
             answers = self.run_batch([(unit.job.task, unit.example) for unit in batch])
         except Exception as error:  # noqa: BLE001 - the requests get the error; the worker lives on
-            if not _expected(error):
+            if not isinstance(error, PeltError):
                 traceback.print_exc(file=sys.stderr)
             answers = [error] * len(batch)
         if self.on_batch is not None:
@@ -220,15 +222,7 @@ def _fail(job: PredictJob, error: Exception) -> None:
 
 
 def _stopping() -> Exception:
-    from pelt.errors import PeltError
-
     return PeltError("the server is stopping; send the request again once it is back")
-
-
-def _expected(error: Exception) -> bool:
-    from pelt.errors import PeltError
-
-    return isinstance(error, PeltError)
 
 
 def _settle(future: Future, run: Callable[[], Any]) -> None:
@@ -237,6 +231,6 @@ def _settle(future: Future, run: Callable[[], Any]) -> None:
     try:
         future.set_result(run())
     except Exception as error:  # noqa: BLE001
-        if not _expected(error):
+        if not isinstance(error, PeltError):
             traceback.print_exc(file=sys.stderr)
         future.set_exception(error)

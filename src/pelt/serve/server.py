@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import math
 import os
 import re
 import stat
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -112,8 +110,7 @@ class TaskServer:
                 folder = make_writable_folder(folder, "--state-dir")
                 refusal = (f"the state folder {folder} is in use by another pelt serve; stop it, or pass another "
                            "--state-dir")
-                self._stack.enter_context(_only_server_of(folder.resolve(), refusal))
-                self._stack.enter_context(hold_folder(folder, refusal))
+                self._stack.enter_context(hold_folder(folder, refusal, reentrant=False))
                 self._state_file = folder / STATE_FILE
                 self._read_state()
             startup = task_names(adapters) if adapters else {}
@@ -323,8 +320,8 @@ class TaskServer:
 
     def forward_batch_size(self) -> int:
         """Inputs per forward pass. On a CPU a row costs about the same in any batch, and a batch is padded to its
-        longest row: a gathered batch sorted by length and run 8 rows at a time is about twice as fast as one
-        pass of 32 (benchmarks/results/serve_load.md). A GPU wants the whole batch in one pass."""
+        longest row: a gathered batch sorted by length and run a few rows at a time wastes less on padding than
+        one pass of all of it. A GPU wants the whole batch in one pass."""
         if self.settings.forward_batch_size is not None:
             return self.settings.forward_batch_size
         on_gpu = next(self.model.backbone.parameters()).device.type != "cpu"
@@ -333,23 +330,6 @@ class TaskServer:
     def _on_batch(self, examples: int, seconds: float) -> None:
         if self.on_batch is not None:
             self.on_batch(examples, seconds)
-
-
-_SERVED_STATE: set[Path] = set()  # state folders this process's servers hold (the OS lock nests per process)
-_SERVED_GUARD = threading.Lock()
-
-
-@contextlib.contextmanager
-def _only_server_of(folder: Path, refusal: str) -> Any:
-    with _SERVED_GUARD:
-        if folder in _SERVED_STATE:
-            raise PeltError(refusal)
-        _SERVED_STATE.add(folder)
-    try:
-        yield
-    finally:
-        with _SERVED_GUARD:
-            _SERVED_STATE.discard(folder)
 
 
 class RequestTooLarge(PeltError):
@@ -364,17 +344,19 @@ class NameTaken(PeltError):
     """A task name loaded already."""
 
 
+class AdminRefused(PeltError):
+    """An admin request the server's configuration does not allow."""
+
+
 _TASK_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 
 def _finite_json(value: Any) -> bool:
-    """Whether `value` is JSON a strict writer accepts (no NaN or infinity anywhere in it)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_finite_json(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite_json(v) for v in value)
+    """Whether `value` can be written back as strict JSON (no NaN or infinity anywhere in it)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
     return True
 
 
@@ -385,10 +367,6 @@ def _loaded(tasks: Mapping[str, Any], shown: int = 10) -> str:
     listed = ", ".join(names[:shown])
     more = f", ... ({len(names)} in all; GET /v1/tasks lists them)" if len(names) > shown else ""
     return f"loaded tasks: {listed}{more}"
-
-
-class AdminRefused(PeltError):
-    """An admin request the server's configuration does not allow."""
 
 
 def _fields(info: Any) -> tuple[str, ...]:

@@ -119,7 +119,7 @@ def train_interleaved(
     method: MethodConfig,
     *,
     on_epoch: Callable[[Stage, int], None],
-) -> list[Stage]:
+) -> None:
     """Train the task models together through the recipe's stages; `on_epoch(stage, epoch)` runs after every
     epoch (to evaluate and keep the best adapter: the Trainer itself evaluates nothing here)."""
     router = _TaskRouter(models)
@@ -131,6 +131,7 @@ def train_interleaved(
     columns = [[c for c in _MODEL_INPUTS if c in e.column_names] for e in encoded]
     dataset = ConcatDataset([_Tagged(e.select_columns(c), t) for t, (e, c) in enumerate(zip(encoded, columns))])
     collators = [f.collator(m) for f, m in zip(formulations, models)]
+    lengths = [list(e["length"]) for e in encoded]
 
     def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         task = items[0]["task"]
@@ -145,9 +146,8 @@ def train_interleaved(
             model=router,
             args=training_arguments(config, formulations[0], stage, {"eval_strategy": "no", "eval_steps": None}),
             train_dataset=dataset,
-            batches=_TaskBatches([list(e["length"]) for e in encoded], config.batch_size, config.seed),
+            batches=_TaskBatches(lengths, config.batch_size, config.seed),
             collate=collate, task_names=task_names, stage=stage,
             callbacks=[guard, _AtEpochEnd(stage, guard, on_epoch)],
         )
         trainer.train()
-    return stages
